@@ -1,1 +1,36 @@
-fn main() {}
+//! `ferrosocks`: the SOCKS5 server, client tools and benchmark in one binary.
+//!
+//! Exit codes: 0 success; 1 runtime failure; 2 bad arguments or configuration.
+#![forbid(unsafe_code)]
+
+mod args;
+mod cmd;
+mod config_file;
+mod logging;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferrosocks: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => cmd::serve::run(args).await,
+            Command::CheckConfig { file } => cmd::check_config::run(&file),
+        }
+    })
+}

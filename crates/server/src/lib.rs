@@ -1,1 +1,209 @@
-//! placeholder
+//! The ferrosocks SOCKS5 server as a library.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), ferrosocks_server::Error> {
+//! use ferrosocks_server::{Config, Server};
+//! let server = Server::bind(Config::default()).await?;
+//! println!("listening on {:?}", server.local_addrs());
+//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the validated [`Config`] (parsing lives in the binary).
+//! - `listener`: accept loop with connection permits and back-off on accept errors.
+//! - `session`: one connection: handshake under a deadline, dispatch, failure reply.
+//! - [`auth`]: methods in order of preference and the user table (constant-time checks).
+//! - [`rules`]: ordered allow/deny rules.
+//! - [`resolve`]: name resolution, happy-eyeballs connect, OS error classification.
+//! - `connect`, `bind`, `udp`: the three commands.
+//! - [`relay`]: the TCP relay with half-close and idle timeout.
+//! - [`error`]: session errors and the one function that maps them to REP codes.
+//! - [`access_log`]: one line per session, text or JSON.
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod auth;
+mod bind;
+pub mod config;
+mod connect;
+pub mod error;
+mod listener;
+pub mod relay;
+pub mod resolve;
+pub mod rules;
+mod session;
+mod udp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use access_log::{AccessLog, SessionRecord, Sink};
+pub use auth::{AuthMethod, Credential, Users};
+pub use config::{Config, ConfigError, Limits, Timeouts};
+pub use rules::{Action, Cidr, Rule, Rules, TargetPattern};
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Authentication settings that a reload may replace.
+#[derive(Debug)]
+pub(crate) struct AuthState {
+    pub(crate) methods: Vec<AuthMethod>,
+    pub(crate) users: Users,
+}
+
+/// State shared by every session, owned by the server (no statics), so several servers can
+/// run in one process and users and rules can be swapped while sessions run.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    auth: RwLock<Arc<AuthState>>,
+    rules: RwLock<Arc<Rules>>,
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) handshakes: Arc<Semaphore>,
+    pub(crate) udp_associations: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(crate) fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn rules(&self) -> Arc<Rules> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A bound server, ready to [`run`](Server::run).
+pub struct Server {
+    listeners: Vec<TcpListener>,
+    shared: Arc<Shared>,
+}
+
+/// A handle to a running server, for reloading users and rules.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+}
+
+impl ServerHandle {
+    /// Replaces the users, the method order and the rules. Sessions already past their
+    /// handshake keep running; new ones see the new settings.
+    pub fn reload(&self, methods: Vec<AuthMethod>, users: Users, rules: Rules) {
+        *self.shared.auth.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(AuthState { methods, users });
+        *self.shared.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+    }
+}
+
+impl Server {
+    /// Validates the configuration and binds every listen address.
+    pub async fn bind(config: Config) -> Result<Server, Error> {
+        config.validate()?;
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for addr in &config.listen {
+            let listener = listen(*addr).map_err(|source| Error::Listen {
+                addr: *addr,
+                source,
+            })?;
+            listeners.push(listener);
+        }
+        let shared = Arc::new(Shared {
+            auth: RwLock::new(Arc::new(AuthState {
+                methods: config.auth_methods.clone(),
+                users: config.users.clone(),
+            })),
+            rules: RwLock::new(Arc::new(config.rules.clone())),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes)),
+            udp_associations: Arc::new(Semaphore::new(config.limits.max_udp_associations)),
+            config,
+        });
+        Ok(Server { listeners, shared })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// A handle for reloads.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets sessions drain for
+    /// at most the configured drain time.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let stop = CancellationToken::new();
+        let sessions = TaskTracker::new();
+        let mut accept_loops = Vec::new();
+        for listener in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!("listening on {addr}");
+            }
+            accept_loops.push(tokio::spawn(listener::run(
+                listener,
+                self.shared.clone(),
+                sessions.clone(),
+                stop.clone(),
+            )));
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; draining sessions");
+        stop.cancel();
+        for l in accept_loops {
+            let _ = l.await;
+        }
+        sessions.close();
+        let drain = self.shared.config.timeouts.drain;
+        if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
+            tracing::warn!(
+                remaining = sessions.len(),
+                "drain time ({drain:?}) over; closing remaining sessions"
+            );
+        } else {
+            tracing::info!("all sessions finished");
+        }
+    }
+}
+
+/// A listening socket: address reuse so a restart does not wait for TIME_WAIT, IPv6
+/// sockets IPv6-only so `[::]` and `0.0.0.0` can be listened on side by side.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}

@@ -1,0 +1,56 @@
+//! Command-line arguments: one binary, one subcommand per job.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config_file::Overrides;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferrosocks",
+    version,
+    about = "SOCKS5 server (RFC 1928 + RFC 1929), client tools and benchmark",
+    after_help = "Exit codes: 0 success, 1 runtime failure, 2 bad arguments or configuration."
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the SOCKS5 server.
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Check a configuration file and report the first error with its line and column.
+    #[command(
+        after_help = "Example:\n  ferrosocks check-config /etc/ferrosocks.toml\n\n\
+        Exit codes: 0 valid, 2 invalid (the message names FILE:LINE:COLUMN)."
+    )]
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+const SERVE_EXAMPLES: &str = "Examples:
+  ferrosocks serve                                   # 127.0.0.1:1080, no authentication
+  ferrosocks serve --listen 127.0.0.1:1080 --listen [::1]:1080
+  ferrosocks serve --user alice:secret               # username/password required
+  ferrosocks serve --config ferrosocks.toml --access-log-format json
+  curl --socks5-hostname 127.0.0.1:1080 https://example.com/
+
+Signals: SIGTERM/SIGINT stop accepting and drain sessions (exit 0); SIGHUP reloads users,
+methods and rules from the config file without dropping sessions.
+Exit codes: 0 after a clean shutdown, 1 if a listener cannot be opened, 2 for bad
+arguments or configuration.";
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// TOML configuration file (see ferrosocks.example.toml); flags override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) overrides: Overrides,
+}

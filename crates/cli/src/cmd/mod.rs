@@ -1,0 +1,4 @@
+//! One module per subcommand.
+
+pub(crate) mod check_config;
+pub(crate) mod serve;

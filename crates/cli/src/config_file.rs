@@ -1,0 +1,558 @@
+//! The TOML configuration file and command-line overrides, turned into a validated
+//! `ferrosocks_server::Config`. Every error carries the line and column it points at.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ferrosocks_proto::Command;
+use ferrosocks_server::{
+    AccessLog, Action, AuthMethod, Cidr, Config, ConfigError, Limits, Rule, Rules, Sink,
+    TargetPattern, Timeouts, Users,
+};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A value parsed with `FromStr`, so a bad value is reported by serde with its position.
+#[derive(Debug, Clone)]
+pub(crate) struct Parsed<T>(pub(crate) T);
+
+impl<'de, T> Deserialize<'de> for Parsed<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map(Parsed).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A port range written `"40000-40100"` or a single port `"40000"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PortRange(pub(crate) RangeInclusive<u16>);
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port or a port range like \"40000-40100\"");
+        let (a, b) = s.split_once('-').unwrap_or((s, s));
+        let a: u16 = a.trim().parse().map_err(|_| bad())?;
+        let b: u16 = b.trim().parse().map_err(|_| bad())?;
+        if a > b {
+            return Err(format!("{s:?}: the range is empty (start is above end)"));
+        }
+        Ok(PortRange(a..=b))
+    }
+}
+
+/// A command name in a rule.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CommandName(pub(crate) Command);
+
+impl FromStr for CommandName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "connect" => Ok(CommandName(Command::CONNECT)),
+            "bind" => Ok(CommandName(Command::BIND)),
+            "udp" | "udpassociate" | "udp_associate" => Ok(CommandName(Command::UDP_ASSOCIATE)),
+            other => Err(format!(
+                "unknown command {other:?} (expected connect, bind or udp)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default, rename = "rule")]
+    rules: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Vec<Spanned<SocketAddr>>>,
+    external_address: Option<IpAddr>,
+    udp_port_range: Option<Parsed<PortRange>>,
+    allow_open_proxy: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    handshake_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    bind_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    udp_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drain_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_handshakes: Option<usize>,
+    max_udp_associations: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    methods: Option<Spanned<Vec<Parsed<AuthMethod>>>>,
+    users: Option<Vec<Spanned<String>>>,
+    users_file: Option<Spanned<PathBuf>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    action: Parsed<ActionName>,
+    #[serde(default)]
+    commands: Vec<Parsed<CommandName>>,
+    #[serde(default)]
+    from: Vec<Parsed<Cidr>>,
+    #[serde(default)]
+    to: Vec<Parsed<TargetPattern>>,
+    ports: Option<Parsed<PortRange>>,
+    #[serde(default)]
+    users: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ActionName(Action);
+
+impl FromStr for ActionName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" | "pass" => Ok(ActionName(Action::Allow)),
+            "deny" | "block" => Ok(ActionName(Action::Deny)),
+            other => Err(format!(
+                "unknown action {other:?} (expected \"allow\" or \"deny\")"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+    access: Option<String>,
+    access_format: Option<LogFormat>,
+}
+
+/// Command-line settings that override the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub(crate) struct Overrides {
+    /// Address to listen on (repeatable; replaces the file's list). Default 127.0.0.1:1080.
+    #[arg(long = "listen", short = 'l', value_name = "ADDR")]
+    pub(crate) listen: Vec<SocketAddr>,
+    /// A user for username/password authentication (repeatable; adds to the file's users).
+    #[arg(long = "user", short = 'u', value_name = "NAME:PASS")]
+    pub(crate) users: Vec<String>,
+    /// A users file: one NAME:PASSWORD per line, # comments.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) users_file: Option<PathBuf>,
+    /// Authentication methods offered, most preferred first: none, userpass.
+    /// Default: userpass when users are configured, none otherwise.
+    #[arg(long = "auth", value_name = "METHOD", value_delimiter = ',')]
+    pub(crate) auth: Vec<AuthMethod>,
+    /// IP address announced in BIND and UDP ASSOCIATE replies (a server behind NAT).
+    #[arg(long, value_name = "IP")]
+    pub(crate) external_address: Option<IpAddr>,
+    /// Ports for UDP relay sockets, e.g. 40000-40100.
+    #[arg(long, value_name = "LOW-HIGH")]
+    pub(crate) udp_port_range: Option<PortRange>,
+    /// Serve without authentication on a non-loopback address (an open proxy).
+    #[arg(long)]
+    pub(crate) allow_open_proxy: bool,
+    /// Deadline for greeting, authentication and request [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) handshake_timeout: Option<Duration>,
+    /// Deadline for resolving and connecting to a target [default: 10s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) connect_timeout: Option<Duration>,
+    /// How long BIND waits for the incoming connection [default: 60s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) bind_timeout: Option<Duration>,
+    /// Close a tunnel after this long without traffic [default: 2h].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) idle_timeout: Option<Duration>,
+    /// End a UDP association after this long without datagrams [default: 5m].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) udp_idle_timeout: Option<Duration>,
+    /// On SIGTERM/SIGINT, how long sessions may drain [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) drain_timeout: Option<Duration>,
+    /// Client connections at once [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_connections: Option<usize>,
+    /// Connections still in their handshake at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_handshakes: Option<usize>,
+    /// UDP associations at once [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub(crate) max_udp_associations: Option<usize>,
+    /// Diagnostic log level (error, warn, info, debug, trace) or a RUST_LOG-style filter.
+    #[arg(long, value_name = "LEVEL")]
+    pub(crate) log_level: Option<String>,
+    /// Diagnostic log format (on stderr).
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) log_format: Option<LogFormat>,
+    /// Where the access log goes: stdout, off, or a file path [default: stdout].
+    #[arg(long, value_name = "stdout|off|PATH")]
+    pub(crate) access_log: Option<String>,
+    /// Access log format: one text line or one JSON object per session [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) access_log_format: Option<LogFormat>,
+}
+
+/// Diagnostic logging settings that live outside the server's `Config`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogSettings {
+    pub(crate) level: Option<String>,
+    pub(crate) format: LogFormat,
+}
+
+/// A configuration problem, with the place it points at when it comes from a file.
+#[derive(Debug)]
+pub(crate) struct ConfigFileError {
+    pub(crate) file: Option<PathBuf>,
+    /// 1-based line and column.
+    pub(crate) position: Option<(usize, usize)>,
+    pub(crate) message: String,
+    /// The offending line, for a caret display.
+    pub(crate) snippet: Option<String>,
+}
+
+impl std::fmt::Display for ConfigFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.file, self.position) {
+            (Some(file), Some((line, col))) => {
+                write!(f, "{}:{line}:{col}: {}", file.display(), self.message)?
+            }
+            (Some(file), None) => write!(f, "{}: {}", file.display(), self.message)?,
+            (None, _) => write!(f, "{}", self.message)?,
+        }
+        if let (Some(snippet), Some((line, col))) = (&self.snippet, self.position) {
+            let gutter = line.to_string().len();
+            write!(
+                f,
+                "\n{:gutter$} |\n{line} | {snippet}\n{:gutter$} | {:>col$}",
+                "", "", "^"
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigFileError {}
+
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Option<Range<usize>>, message: impl Into<String>) -> ConfigFileError {
+        let position = span.map(|s| line_col(self.text, s.start));
+        ConfigFileError {
+            file: Some(self.path.to_owned()),
+            position,
+            message: message.into(),
+            snippet: position
+                .and_then(|(line, _)| self.text.lines().nth(line - 1).map(str::to_owned)),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+fn plain_error(message: impl Into<String>) -> ConfigFileError {
+    ConfigFileError {
+        file: None,
+        position: None,
+        message: message.into(),
+        snippet: None,
+    }
+}
+
+/// Reads the file (if any), applies the overrides, and validates the result.
+pub(crate) fn load(
+    path: Option<&Path>,
+    cli: &Overrides,
+) -> Result<(Config, LogSettings), ConfigFileError> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| plain_error(format!("cannot read config file {}: {e}", p.display())))?,
+        None => String::new(),
+    };
+    let source = path.map(|p| Source {
+        path: p,
+        text: &text,
+    });
+    let raw: RawConfig = match &source {
+        Some(src) => {
+            toml::from_str(src.text).map_err(|e| src.error(e.span(), e.message().trim_end()))?
+        }
+        None => RawConfig::default(),
+    };
+    build(raw, source.as_ref(), cli)
+}
+
+fn build(
+    raw: RawConfig,
+    src: Option<&Source<'_>>,
+    cli: &Overrides,
+) -> Result<(Config, LogSettings), ConfigFileError> {
+    let at = |span: Option<Range<usize>>, msg: String| match src {
+        Some(src) => src.error(span, msg),
+        None => plain_error(msg),
+    };
+    let s = raw.server;
+    let defaults = Timeouts::default();
+    let limits = Limits::default();
+
+    let mut listen_spans = Vec::new();
+    let listen: Vec<SocketAddr> = if !cli.listen.is_empty() {
+        cli.listen.clone()
+    } else if let Some(list) = s.listen {
+        listen_spans = list.iter().map(|l| (*l.get_ref(), l.span())).collect();
+        list.into_iter().map(Spanned::into_inner).collect()
+    } else {
+        Config::default().listen
+    };
+
+    let mut users = Users::new();
+    let a = raw.auth;
+    if let Some(file) = &a.users_file {
+        let loaded = Users::load(file.get_ref()).map_err(|e| {
+            at(
+                Some(file.span()),
+                format!("users file {}: {e}", file.get_ref().display()),
+            )
+        })?;
+        users = loaded;
+    }
+    for entry in a.users.iter().flatten() {
+        let (name, cred) = Users::parse_entry(entry.get_ref())
+            .map_err(|e| at(Some(entry.span()), e.to_string()))?;
+        users.insert(name, cred);
+    }
+    if let Some(file) = &cli.users_file {
+        let loaded = Users::load(file)
+            .map_err(|e| plain_error(format!("--users-file {}: {e}", file.display())))?;
+        for (name, cred) in loaded.into_entries() {
+            users.insert(name, cred);
+        }
+    }
+    for entry in &cli.users {
+        let (name, cred) =
+            Users::parse_entry(entry).map_err(|e| plain_error(format!("--user: {e}")))?;
+        users.insert(name, cred);
+    }
+
+    let methods_span = a.methods.as_ref().map(|m| m.span());
+    let auth_methods = if !cli.auth.is_empty() {
+        cli.auth.clone()
+    } else if let Some(m) = a.methods {
+        m.into_inner().into_iter().map(|p| p.0).collect()
+    } else if users.is_empty() {
+        vec![AuthMethod::None]
+    } else {
+        // Configuring users means wanting them used: do not silently also admit anyone.
+        vec![AuthMethod::UserPass]
+    };
+
+    let rules = Rules::new(
+        raw.rules
+            .into_iter()
+            .map(|r| {
+                let r = r.into_inner();
+                Rule {
+                    action: r.action.0 .0,
+                    commands: r.commands.into_iter().map(|c| c.0 .0).collect(),
+                    from: r.from.into_iter().map(|c| c.0).collect(),
+                    to: r.to.into_iter().map(|t| t.0).collect(),
+                    ports: r.ports.map(|p| p.0 .0),
+                    users: r.users,
+                }
+            })
+            .collect(),
+    );
+
+    let lg = raw.log;
+    let access_format = cli
+        .access_log_format
+        .or(lg.access_format)
+        .unwrap_or_default();
+    let access_target = cli
+        .access_log
+        .clone()
+        .or(lg.access)
+        .unwrap_or_else(|| "stdout".into());
+    let sink = match access_target.as_str() {
+        "off" | "none" => None,
+        "stdout" | "-" => Some(Sink::stdout()),
+        path => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| plain_error(format!("cannot open access log {path}: {e}")))?;
+            Some(Sink::new(file))
+        }
+    };
+    let access_log = match (sink, access_format) {
+        (None, _) => AccessLog::Off,
+        (Some(s), LogFormat::Text) => AccessLog::Text(s),
+        (Some(s), LogFormat::Json) => AccessLog::Json(s),
+    };
+
+    let config = Config {
+        listen,
+        external_address: cli.external_address.or(s.external_address),
+        udp_port_range: cli
+            .udp_port_range
+            .clone()
+            .or(s.udp_port_range.map(|p| p.0))
+            .map(|p| p.0),
+        auth_methods,
+        users,
+        rules,
+        timeouts: Timeouts {
+            handshake: cli
+                .handshake_timeout
+                .or(s.handshake_timeout)
+                .unwrap_or(defaults.handshake),
+            connect: cli
+                .connect_timeout
+                .or(s.connect_timeout)
+                .unwrap_or(defaults.connect),
+            bind: cli.bind_timeout.or(s.bind_timeout).unwrap_or(defaults.bind),
+            idle: cli.idle_timeout.or(s.idle_timeout).unwrap_or(defaults.idle),
+            udp_idle: cli
+                .udp_idle_timeout
+                .or(s.udp_idle_timeout)
+                .unwrap_or(defaults.udp_idle),
+            drain: cli
+                .drain_timeout
+                .or(s.drain_timeout)
+                .unwrap_or(defaults.drain),
+        },
+        limits: Limits {
+            max_connections: cli
+                .max_connections
+                .or(s.max_connections)
+                .unwrap_or(limits.max_connections),
+            max_handshakes: cli
+                .max_handshakes
+                .or(s.max_handshakes)
+                .unwrap_or(limits.max_handshakes),
+            max_udp_associations: cli
+                .max_udp_associations
+                .or(s.max_udp_associations)
+                .unwrap_or(limits.max_udp_associations),
+        },
+        allow_open_proxy: cli.allow_open_proxy || s.allow_open_proxy.unwrap_or(false),
+        access_log,
+    };
+    for (name, value) in [
+        ("max_connections", config.limits.max_connections),
+        ("max_handshakes", config.limits.max_handshakes),
+        ("max_udp_associations", config.limits.max_udp_associations),
+    ] {
+        if value == 0 {
+            return Err(at(None, format!("{name} must be at least 1")));
+        }
+    }
+    config.validate().map_err(|e| {
+        let span = match &e {
+            ConfigError::OpenProxy(addr) => listen_spans
+                .iter()
+                .find(|(a, _)| a == addr)
+                .map(|(_, s)| s.clone()),
+            ConfigError::UserPassWithoutUsers | ConfigError::NoAuthMethod => methods_span.clone(),
+            _ => None,
+        };
+        at(span, e.to_string())
+    })?;
+    let log = LogSettings {
+        level: cli.log_level.clone().or(lg.level),
+        format: cli.log_format.or(lg.format).unwrap_or_default(),
+    };
+    Ok((config, log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigFileError> {
+        let path = Path::new("test.toml");
+        let src = Source { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| src.error(e.span(), e.message()))?;
+        build(raw, Some(&src), &Overrides::default()).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn example_file_is_valid() {
+        let text = include_str!("../../../ferrosocks.example.toml");
+        let config = parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!config.listen.is_empty());
+    }
+
+    #[test]
+    fn bad_value_points_at_its_line_and_column() {
+        let err =
+            parse("[server]\nlisten = [\"127.0.0.1:1080\"]\nconnect_timeout = \"ten seconds\"\n")
+                .unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+        let err = parse("[[rule]]\naction = \"allow\"\nfrom = [\"10.0.0.0/99\"]\n").unwrap_err();
+        assert_eq!(err.position, Some((3, 9)), "{err}");
+        assert!(err.to_string().contains("prefix length"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = parse("[server]\nlisten_on = [\"127.0.0.1:1\"]\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+    }
+
+    #[test]
+    fn open_proxy_points_at_the_listen_entry() {
+        let err = parse("[server]\nlisten = [\"127.0.0.1:1080\", \"0.0.0.0:1080\"]\n").unwrap_err();
+        assert_eq!(err.position, Some((2, 29)), "{err}");
+        assert!(err.message.contains("--allow-open-proxy"));
+    }
+
+    #[test]
+    fn users_imply_userpass_and_durations_parse() {
+        let c = parse("[auth]\nusers = [\"a:b\"]\n[server]\nidle_timeout = \"5m\"\n").unwrap();
+        assert_eq!(c.auth_methods, vec![AuthMethod::UserPass]);
+        assert_eq!(c.timeouts.idle, Duration::from_secs(300));
+    }
+}

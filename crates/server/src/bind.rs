@@ -1,0 +1,139 @@
+//! BIND (RFC 1928 §4): listen where the expected peer can reach us, announce that address
+//! in the first reply, accept exactly one connection from the expected peer, name it in the
+//! second reply, relay.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ferrosocks_proto::{Addr, Command, Rep, Reply};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::access_log::SessionRecord;
+use crate::error::{Phase, SessionError};
+use crate::relay::relay;
+use crate::resolve::resolve;
+use crate::session::Conn;
+use crate::Shared;
+
+pub(crate) async fn handle(
+    conn: &mut Conn,
+    shared: &Arc<Shared>,
+    record: &mut SessionRecord,
+    dst: Addr,
+) -> Result<(), SessionError> {
+    // DST.ADDR names the peer expected to connect (for FTP, the server the client talks
+    // to). All zeros means "whoever connects first".
+    let expected: Vec<SocketAddr> = match &dst {
+        Addr::Ip(sa) if sa.ip().is_unspecified() => Vec::new(),
+        Addr::Ip(sa) => vec![*sa],
+        Addr::Domain(..) => tokio::time::timeout(shared.config.timeouts.connect, resolve(&dst))
+            .await
+            .map_err(|_| SessionError::Timeout(Phase::Connect))??,
+    };
+    if !expected.is_empty() {
+        shared.allowed_targets(conn, Command::BIND, &dst, &expected)?;
+    } else {
+        shared.allowed_targets(
+            conn,
+            Command::BIND,
+            &dst,
+            &[SocketAddr::new(dst_ip(&dst), dst.port())],
+        )?;
+    }
+    let expected_ips: Vec<IpAddr> = expected.iter().map(|a| a.ip().to_canonical()).collect();
+
+    let listen_ip = expected_ips
+        .first()
+        .and_then(|ip| local_ip_toward(*ip))
+        .unwrap_or_else(|| conn.local.ip().to_canonical());
+    let listener = TcpListener::bind(SocketAddr::new(listen_ip, 0)).await?;
+    let local = listener.local_addr()?;
+    let announced = SocketAddr::new(
+        shared.config.external_address.unwrap_or(local.ip()),
+        local.port(),
+    );
+    conn.send_reply(&Reply {
+        rep: Rep::SUCCEEDED,
+        bnd: announced.into(),
+    })
+    .await?;
+    record.rep = Some(Rep::SUCCEEDED);
+    tracing::debug!(%announced, ?expected_ips, "BIND listening");
+
+    let deadline = Instant::now() + shared.config.timeouts.bind;
+    let (mut peer, peer_addr) = loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, addr) = accepted?;
+                if expected_ips.is_empty() || expected_ips.contains(&addr.ip().to_canonical()) {
+                    break (stream, addr);
+                }
+                tracing::info!(peer = %addr, "BIND: refused a connection from an unexpected peer");
+                refuse(stream);
+            }
+            () = client_gone(&conn.stream) => return Err(SessionError::ClientClosed),
+            () = tokio::time::sleep_until(deadline) => return Err(SessionError::Timeout(Phase::BindWait)),
+        }
+    };
+    drop(listener);
+    let _ = peer.set_nodelay(true);
+    record.resolved = Some(peer_addr);
+    conn.send_reply(&Reply {
+        rep: Rep::SUCCEEDED,
+        bnd: peer_addr.into(),
+    })
+    .await?;
+
+    let leftover = conn.take_leftover();
+    if !leftover.is_empty() {
+        if peer.write_all(&leftover).await.is_err() {
+            record.end = "peer closed before the pipelined payload was delivered".into();
+            return Ok(());
+        }
+        record.bytes_up += leftover.len() as u64;
+    }
+    drop(leftover);
+    let stats = relay(&mut conn.stream, &mut peer, shared.config.timeouts.idle).await;
+    record.bytes_up += stats.up;
+    record.bytes_down += stats.down;
+    record.end = stats.end.describe().into();
+    Ok(())
+}
+
+fn dst_ip(dst: &Addr) -> IpAddr {
+    dst.ip_socket_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// The local address the kernel would use to reach `peer`: "connecting" a UDP socket only
+/// consults the routing table and sends nothing.
+fn local_ip_toward(peer: IpAddr) -> Option<IpAddr> {
+    let any: IpAddr = match peer {
+        IpAddr::V4(_) => [0, 0, 0, 0].into(),
+        IpAddr::V6(_) => [0u16; 8].into(),
+    };
+    let probe = std::net::UdpSocket::bind(SocketAddr::new(any, 0)).ok()?;
+    probe.connect(SocketAddr::new(peer, 9)).ok()?;
+    Some(probe.local_addr().ok()?.ip().to_canonical())
+}
+
+/// Resets an unwanted connection rather than closing it gracefully, so the intruder sees a
+/// refusal and not an empty session.
+fn refuse(stream: TcpStream) {
+    // Linger zero makes close() send RST at once; it never blocks, unlike a non-zero linger.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    drop(stream);
+}
+
+/// Resolves when the client closes its connection (or it fails). Stops watching, without
+/// consuming anything, once the client has sent data: that data is for the peer.
+pub(crate) async fn client_gone(stream: &TcpStream) {
+    let mut probe = [0u8; 1];
+    match stream.peek(&mut probe).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
+}

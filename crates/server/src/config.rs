@@ -1,0 +1,226 @@
+//! The validated server configuration. Parsing (TOML, command line) lives in the binary;
+//! this type only holds values that already make sense together.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use crate::access_log::AccessLog;
+use crate::auth::{AuthMethod, Users};
+use crate::rules::{Action, Rules};
+
+/// Deadlines, each documented with its default.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// From accept to a complete request (greeting, authentication, request). Default 10 s.
+    pub handshake: Duration,
+    /// Resolving and connecting to a CONNECT target, all addresses together. Default 10 s.
+    pub connect: Duration,
+    /// How long a BIND waits for its peer. Default 60 s.
+    pub bind: Duration,
+    /// A tunnel with no byte in either direction for this long is closed. Default 2 h.
+    pub idle: Duration,
+    /// A UDP association with no datagram in either direction for this long ends (and its
+    /// TCP connection is closed). Default 5 min.
+    pub udp_idle: Duration,
+    /// On shutdown, how long sessions may drain before the server exits anyway. Default 30 s.
+    pub drain: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(10),
+            connect: Duration::from_secs(10),
+            bind: Duration::from_secs(60),
+            idle: Duration::from_secs(2 * 3600),
+            udp_idle: Duration::from_secs(300),
+            drain: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Bounds on what clients can make the server hold.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Open client connections at once; further clients wait in the kernel's backlog.
+    /// Default 16384.
+    pub max_connections: usize,
+    /// Connections that have not finished their handshake (not yet authenticated) at once;
+    /// further ones are closed at once. Default 1024.
+    pub max_handshakes: usize,
+    /// UDP associations at once; further UDP ASSOCIATE requests get REP `X'01'`.
+    /// Default 1024.
+    pub max_udp_associations: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            max_handshakes: 1024,
+            max_udp_associations: 1024,
+        }
+    }
+}
+
+/// Everything the server needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to listen on. Default `127.0.0.1:1080`.
+    pub listen: Vec<SocketAddr>,
+    /// The IP address announced in BIND and UDP ASSOCIATE replies instead of the local
+    /// one, for a server behind NAT. Default: none (announce the local address).
+    pub external_address: Option<IpAddr>,
+    /// Ports UDP relay sockets are bound in (for firewalls and containers). Default: any.
+    pub udp_port_range: Option<RangeInclusive<u16>>,
+    /// Methods offered, most preferred first. Default: `none`, or `userpass` when users
+    /// are configured.
+    pub auth_methods: Vec<AuthMethod>,
+    /// Users for username/password authentication.
+    pub users: Users,
+    /// Allow/deny rules.
+    pub rules: Rules,
+    /// Deadlines.
+    pub timeouts: Timeouts,
+    /// Limits.
+    pub limits: Limits,
+    /// Serve without authentication on a non-loopback address without allow rules that
+    /// restrict clients. Default false: such a configuration is refused.
+    pub allow_open_proxy: bool,
+    /// Where the per-session access log goes.
+    pub access_log: AccessLog,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1080))],
+            external_address: None,
+            udp_port_range: None,
+            auth_methods: vec![AuthMethod::None],
+            users: Users::new(),
+            rules: Rules::default(),
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+            allow_open_proxy: false,
+            access_log: AccessLog::Off,
+        }
+    }
+}
+
+/// A configuration that must not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Nothing to listen on.
+    #[error("no listen address")]
+    NoListenAddress,
+    /// No authentication method.
+    #[error("no authentication method is enabled")]
+    NoAuthMethod,
+    /// Username/password is offered but nobody can log in.
+    #[error("username/password authentication is enabled but no users are configured (use --user NAME:PASS or a users file)")]
+    UserPassWithoutUsers,
+    /// An empty or reversed UDP port range.
+    #[error("the UDP port range {0}-{1} is empty")]
+    EmptyPortRange(u16, u16),
+    /// The configuration would be an open proxy reachable from other machines.
+    #[error(
+        "refusing to run an open proxy: {0} is not a loopback address, authentication \"none\" is enabled \
+         and no allow rule restricts which clients may connect. Add users (--user NAME:PASS), \
+         restrict clients with rules (an allow rule with `from`), or pass --allow-open-proxy \
+         (config: server.allow_open_proxy = true) if an open proxy is really what you want"
+    )]
+    OpenProxy(SocketAddr),
+}
+
+impl Config {
+    /// Checks the rules that span several settings. A server is only built from a
+    /// configuration that passes.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::NoListenAddress);
+        }
+        if self.auth_methods.is_empty() {
+            return Err(ConfigError::NoAuthMethod);
+        }
+        if self.auth_methods.contains(&AuthMethod::UserPass) && self.users.is_empty() {
+            return Err(ConfigError::UserPassWithoutUsers);
+        }
+        if let Some(range) = &self.udp_port_range {
+            if range.is_empty() {
+                return Err(ConfigError::EmptyPortRange(*range.start(), *range.end()));
+            }
+        }
+        if !self.allow_open_proxy
+            && self.auth_methods.contains(&AuthMethod::None)
+            && !self.rules_restrict_clients()
+        {
+            if let Some(addr) = self
+                .listen
+                .iter()
+                .find(|a| !a.ip().to_canonical().is_loopback())
+            {
+                return Err(ConfigError::OpenProxy(*addr));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every allow rule names the clients it admits (`from`), so that an unknown
+    /// client falls through to a deny.
+    fn rules_restrict_clients(&self) -> bool {
+        !self.rules.is_empty()
+            && self
+                .rules
+                .rules()
+                .iter()
+                .filter(|r| r.action == Action::Allow)
+                .all(|r| !r.from.is_empty() || !r.users.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{Cidr, Rule};
+
+    #[test]
+    fn default_config_is_valid_and_loopback() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:1080".parse().unwrap()]);
+    }
+
+    #[test]
+    fn open_proxy_is_refused_and_the_message_names_the_flag() {
+        let mut c = Config {
+            listen: vec!["0.0.0.0:1080".parse().unwrap()],
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("--allow-open-proxy"), "{err}");
+        c.allow_open_proxy = true;
+        c.validate().unwrap();
+
+        c.allow_open_proxy = false;
+        c.rules = Rules::new(vec![Rule {
+            action: Action::Allow,
+            commands: vec![],
+            from: vec!["10.0.0.0/8".parse::<Cidr>().unwrap()],
+            to: vec![],
+            ports: None,
+            users: vec![],
+        }]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn userpass_needs_users() {
+        let c = Config {
+            auth_methods: vec![AuthMethod::UserPass],
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::UserPassWithoutUsers));
+    }
+}

@@ -1,0 +1,322 @@
+//! Ordered allow/deny rules, evaluated first-match-wins like a firewall.
+//!
+//! With no rules at all, everything is allowed (the listener's address and authentication
+//! are then the only gate). As soon as one rule exists, a request that matches none is
+//! denied, as in Dante: a rule list is an allow list unless it says otherwise.
+
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use ferrosocks_proto::Command;
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Let the request through.
+    Allow,
+    /// Answer with REP `X'02'`.
+    Deny,
+}
+
+/// An IP network in CIDR notation; a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the network. IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this network holds only loopback addresses.
+    pub fn is_loopback_only(&self) -> bool {
+        match self.network {
+            IpAddr::V4(n) => n.is_loopback() && self.prefix >= 8,
+            IpAddr::V6(n) => n.is_loopback() && self.prefix == 128,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let network: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR network"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
+        };
+        Ok(Cidr {
+            network: network.to_canonical(),
+            prefix,
+        })
+    }
+}
+
+/// What a rule's `to` entry matches: an IP network, or a domain name and its subdomains
+/// (`example.com` matches `example.com` and `www.example.com`; `.example.com` only
+/// subdomains).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetPattern {
+    /// An IP network, matched against the resolved address.
+    Network(Cidr),
+    /// A domain suffix, matched against the name the client asked for.
+    Domain(String),
+}
+
+impl TargetPattern {
+    fn matches(&self, host: Option<&str>, ip: Option<IpAddr>) -> bool {
+        match self {
+            TargetPattern::Network(cidr) => ip.is_some_and(|ip| cidr.contains(ip)),
+            TargetPattern::Domain(pattern) => host.is_some_and(|host| {
+                let host = host.trim_end_matches('.').to_ascii_lowercase();
+                match pattern.strip_prefix('.') {
+                    Some(suffix) => host.ends_with(&format!(".{suffix}")),
+                    None => host == *pattern || host.ends_with(&format!(".{pattern}")),
+                }
+            }),
+        }
+    }
+}
+
+impl FromStr for TargetPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty target pattern".into());
+        }
+        if let Ok(cidr) = s.parse() {
+            return Ok(TargetPattern::Network(cidr));
+        }
+        if s.contains('/') || s.contains(':') {
+            return Err(format!("{s:?} is neither a CIDR network nor a domain name"));
+        }
+        Ok(TargetPattern::Domain(
+            s.trim_start_matches('*').to_ascii_lowercase(),
+        ))
+    }
+}
+
+/// One rule. Every condition that is set must hold for the rule to match; an empty list
+/// means "any".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// What to do when the rule matches.
+    pub action: Action,
+    /// Commands the rule applies to.
+    pub commands: Vec<Command>,
+    /// Client networks.
+    pub from: Vec<Cidr>,
+    /// Destinations.
+    pub to: Vec<TargetPattern>,
+    /// Destination ports.
+    pub ports: Option<RangeInclusive<u16>>,
+    /// Authenticated user names.
+    pub users: Vec<String>,
+}
+
+/// What a rule is evaluated against.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleInput<'a> {
+    /// The client's IP address.
+    pub client: IpAddr,
+    /// The authenticated user, if any.
+    pub user: Option<&'a str>,
+    /// The command.
+    pub command: Command,
+    /// The destination, when the request has one: the name asked for (if a name), the
+    /// address it resolved to (if known) and the port.
+    pub target: Option<(Option<&'a str>, Option<IpAddr>, u16)>,
+}
+
+/// The outcome of evaluating the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed.
+    Allow,
+    /// Denied by rule number `rule` (1-based), or by the implicit final deny (`None`).
+    Deny {
+        /// Which rule.
+        rule: Option<usize>,
+    },
+}
+
+/// The ordered rule list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    rules: Vec<Rule>,
+}
+
+impl Rules {
+    /// A rule list.
+    pub fn new(rules: Vec<Rule>) -> Self {
+        Self { rules }
+    }
+
+    /// Whether there are no rules (everything is allowed).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The first matching rule decides. A rule with destination conditions (`to`, `ports`)
+    /// does not match an input without a destination; such rules are applied later, per
+    /// destination (per datagram for UDP).
+    pub fn evaluate(&self, input: &RuleInput<'_>) -> Decision {
+        if self.rules.is_empty() {
+            return Decision::Allow;
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            if rule_matches(rule, input) {
+                return match rule.action {
+                    Action::Allow => Decision::Allow,
+                    Action::Deny => Decision::Deny { rule: Some(i + 1) },
+                };
+            }
+        }
+        Decision::Deny { rule: None }
+    }
+}
+
+fn rule_matches(rule: &Rule, input: &RuleInput<'_>) -> bool {
+    if !rule.commands.is_empty() && !rule.commands.contains(&input.command) {
+        return false;
+    }
+    if !rule.from.is_empty() && !rule.from.iter().any(|c| c.contains(input.client)) {
+        return false;
+    }
+    if !rule.users.is_empty()
+        && !input
+            .user
+            .is_some_and(|u| rule.users.iter().any(|r| r == u))
+    {
+        return false;
+    }
+    let has_target_conditions = !rule.to.is_empty() || rule.ports.is_some();
+    match input.target {
+        None => !has_target_conditions,
+        Some((host, ip, port)) => {
+            if let Some(ports) = &rule.ports {
+                if !ports.contains(&port) {
+                    return false;
+                }
+            }
+            rule.to.is_empty() || rule.to.iter().any(|p| p.matches(host, ip))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(action: Action) -> Rule {
+        Rule {
+            action,
+            commands: vec![],
+            from: vec![],
+            to: vec![],
+            ports: None,
+            users: vec![],
+        }
+    }
+
+    fn input(target: Option<(Option<&'static str>, Option<IpAddr>, u16)>) -> RuleInput<'static> {
+        RuleInput {
+            client: "127.0.0.1".parse().unwrap(),
+            user: None,
+            command: Command::CONNECT,
+            target,
+        }
+    }
+
+    #[test]
+    fn cidr_contains_and_mapped_addresses() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("1.2.3.4".parse().unwrap()));
+        let v6: Cidr = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn first_match_wins_and_default_is_deny_once_rules_exist() {
+        assert_eq!(Rules::default().evaluate(&input(None)), Decision::Allow);
+        let mut deny_port = rule(Action::Deny);
+        deny_port.ports = Some(25..=25);
+        let mut allow_local = rule(Action::Allow);
+        allow_local.from = vec!["127.0.0.0/8".parse().unwrap()];
+        let rules = Rules::new(vec![deny_port, allow_local]);
+        let ip = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(
+            rules.evaluate(&input(Some((None, ip, 25)))),
+            Decision::Deny { rule: Some(1) }
+        );
+        assert_eq!(
+            rules.evaluate(&input(Some((None, ip, 80)))),
+            Decision::Allow
+        );
+        let mut foreign = input(Some((None, ip, 80)));
+        foreign.client = "192.0.2.1".parse().unwrap();
+        assert_eq!(rules.evaluate(&foreign), Decision::Deny { rule: None });
+    }
+
+    #[test]
+    fn domain_patterns_match_names_and_subdomains() {
+        let p: TargetPattern = "example.com".parse().unwrap();
+        assert!(p.matches(Some("example.com"), None));
+        assert!(p.matches(Some("WWW.Example.com."), None));
+        assert!(!p.matches(Some("badexample.com"), None));
+        let sub: TargetPattern = "*.example.com".parse().unwrap();
+        assert!(sub.matches(Some("a.example.com"), None));
+        assert!(!sub.matches(Some("example.com"), None));
+    }
+
+    #[test]
+    fn target_rules_do_not_match_requests_without_target() {
+        let mut deny_to = rule(Action::Deny);
+        deny_to.to = vec!["10.0.0.0/8".parse().unwrap()];
+        let rules = Rules::new(vec![deny_to, rule(Action::Allow)]);
+        assert_eq!(rules.evaluate(&input(None)), Decision::Allow);
+        assert_eq!(
+            rules.evaluate(&input(Some((None, Some("10.0.0.1".parse().unwrap()), 53)))),
+            Decision::Deny { rule: Some(1) }
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! One client connection from accept to close: handshake under a deadline, then the
+//! command handler, then the failure reply (if any) and the access-log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferrosocks_proto::{Command, Encode, Event, Reply, Request, ServerHandshake};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::access_log::SessionRecord;
+use crate::error::{rep, Phase, SessionError};
+use crate::{bind, connect, udp, Shared};
+
+/// The largest handshake message (a request with a 255-byte name) is 262 bytes, and a
+/// user/pass request 513; the buffer never needs to grow past this.
+const HANDSHAKE_BUFFER: usize = 1024;
+
+/// After a failure reply, how long the client may keep sending before the connection is
+/// closed anyway. RFC 1928 §6 asks for the close within 10 seconds.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// A client connection and its buffers, as handlers see it.
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    /// Bytes read but not yet consumed; after the handshake, the client's pipelined payload.
+    pub(crate) input: BytesMut,
+    /// Bytes to send; replies are gathered here so they leave in one write.
+    pub(crate) output: BytesMut,
+    pub(crate) client: SocketAddr,
+    /// The address the client reached the server at.
+    pub(crate) local: SocketAddr,
+    /// The authenticated user, if any.
+    pub(crate) user: Option<String>,
+}
+
+impl Conn {
+    /// Sends everything gathered in the output buffer.
+    pub(crate) async fn flush(&mut self) -> Result<(), SessionError> {
+        if !self.output.is_empty() {
+            self.stream
+                .write_all(&self.output)
+                .await
+                .map_err(|_| SessionError::ClientClosed)?;
+            self.output.clear();
+        }
+        Ok(())
+    }
+
+    /// Queues a reply and sends it together with anything queued before it.
+    pub(crate) async fn send_reply(&mut self, reply: &Reply) -> Result<(), SessionError> {
+        reply.encode(&mut self.output);
+        self.flush().await
+    }
+
+    /// Hands back the pipelined payload (if any) and frees the handshake buffers, so an
+    /// idle tunnel holds no buffer of its own.
+    pub(crate) fn take_leftover(&mut self) -> BytesMut {
+        self.output = BytesMut::new();
+        std::mem::take(&mut self.input)
+    }
+}
+
+/// Runs one session to its end. Never panics on client input; every outcome is logged.
+pub(crate) async fn run(
+    stream: TcpStream,
+    client: SocketAddr,
+    shared: Arc<Shared>,
+    _connection: OwnedSemaphorePermit,
+    handshake_permit: OwnedSemaphorePermit,
+) {
+    let started = Instant::now();
+    let mut record = SessionRecord::new(client);
+    // Latency over throughput for the handshake and for interactive tunnels; bulk
+    // transfers fill segments anyway.
+    let _ = stream.set_nodelay(true);
+    let local = match stream.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(error = %e, "connection gone before the session began");
+            return;
+        }
+    };
+    let mut conn = Conn {
+        stream,
+        input: BytesMut::with_capacity(HANDSHAKE_BUFFER),
+        output: BytesMut::with_capacity(64),
+        client,
+        local,
+        user: None,
+    };
+    let result = drive(&mut conn, &shared, &mut record, handshake_permit).await;
+    if let Err(error) = &result {
+        if let Some(code) = rep(error) {
+            record.rep = Some(code);
+            let _ = conn.send_reply(&Reply::failure(code)).await;
+        } else {
+            // 05 FF or an RFC 1929 failure status may be waiting.
+            let _ = conn.flush().await;
+        }
+        record.end = error.to_string();
+        match error {
+            SessionError::ClientClosed | SessionError::Timeout(Phase::Handshake) => {
+                tracing::debug!(%error, "session ended")
+            }
+            _ => tracing::info!(%error, "session failed"),
+        }
+        close_after_failure(conn.stream).await;
+    }
+    record.duration = started.elapsed();
+    shared.config.access_log.write(&record);
+}
+
+async fn drive(
+    conn: &mut Conn,
+    shared: &Arc<Shared>,
+    record: &mut SessionRecord,
+    handshake_permit: OwnedSemaphorePermit,
+) -> Result<(), SessionError> {
+    let request = tokio::time::timeout(
+        shared.config.timeouts.handshake,
+        handshake(conn, shared, record),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout(Phase::Handshake))??;
+    drop(handshake_permit);
+    record.command = Some(request.command);
+    record.target = Some(request.dst.to_string());
+    tracing::debug!(command = ?request.command, dst = %request.dst, "request");
+    match request.command {
+        Command::CONNECT => connect::handle(conn, shared, record, request.dst).await,
+        Command::BIND => bind::handle(conn, shared, record, request.dst).await,
+        Command::UDP_ASSOCIATE => udp::handle(conn, shared, record, request.dst).await,
+        // The handshake only returns known commands; an unknown one is a HandshakeError.
+        other => Err(SessionError::Protocol(ferrosocks_proto::HandshakeError {
+            stage: ferrosocks_proto::Stage::Request,
+            error: ferrosocks_proto::ProtocolError::UnknownCommand(other.0),
+        })),
+    }
+}
+
+/// Greeting, optional username/password, request. Reads only as much as it needs to decode;
+/// whatever follows the request stays in `conn.input`.
+async fn handshake(
+    conn: &mut Conn,
+    shared: &Shared,
+    record: &mut SessionRecord,
+) -> Result<Request, SessionError> {
+    let auth = shared.auth();
+    let mut hs = ServerHandshake::new(auth.methods.iter().map(|m| m.method()).collect());
+    loop {
+        match hs.feed(&mut conn.input, &mut conn.output)? {
+            Event::NeedMore => {
+                conn.flush().await?;
+                if conn.input.len() >= HANDSHAKE_BUFFER {
+                    // Cannot happen with well-formed messages (see HANDSHAKE_BUFFER).
+                    return Err(SessionError::ClientClosed);
+                }
+                conn.input.reserve(HANDSHAKE_BUFFER - conn.input.len());
+                match conn.stream.read_buf(&mut conn.input).await {
+                    Ok(0) | Err(_) => return Err(SessionError::ClientClosed),
+                    Ok(_) => {}
+                }
+            }
+            Event::Authenticate(credentials) => {
+                let user = String::from_utf8_lossy(&credentials.username).into_owned();
+                let accepted = auth.users.verify(&credentials);
+                hs.handle_auth_verdict(accepted, &mut conn.output);
+                if !accepted {
+                    record.user = Some(user.clone());
+                    return Err(SessionError::AuthFailed { user });
+                }
+                record.user = Some(user.clone());
+                conn.user = Some(user);
+            }
+            Event::Request(request) => return Ok(request),
+            Event::NoAcceptableMethod => return Err(SessionError::NoAcceptableMethod),
+            Event::AuthFailed => {
+                return Err(SessionError::AuthFailed {
+                    user: String::new(),
+                })
+            }
+        }
+    }
+}
+
+/// Closes after a failure: shut our sending half (the reply is already out), then read and
+/// discard until the client closes or [`CLOSE_LINGER`] passes. Closing a socket that still
+/// has unread input makes the kernel send a reset, which can destroy the reply before the
+/// client reads it.
+async fn close_after_failure(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        let mut total = 0usize;
+        while total < 1 << 20 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
