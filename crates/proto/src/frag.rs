@@ -75,7 +75,8 @@ impl Reassembly {
         }
     }
 
-    /// When the pending sequence will be abandoned, if one is pending.
+    /// When the pending sequence will be abandoned, if one is pending and its timer is
+    /// within the clock's range.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
@@ -123,7 +124,9 @@ impl Reassembly {
             return FragOutcome::Dropped(DropReason::TooLarge);
         }
         if self.highest == 0 {
-            self.deadline = Some(now + self.timeout);
+            // A timer too long for the clock to represent never fires (`Instant + Duration`
+            // panics on overflow, and the timeout comes from configuration).
+            self.deadline = now.checked_add(self.timeout);
             self.dst = Some(dst.clone());
         }
         self.highest = position;

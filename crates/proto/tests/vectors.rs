@@ -709,3 +709,25 @@ fn socks4_greeting_is_rejected_as_bad_version() {
     );
     assert!(output.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Fuzz crashers, kept as vectors
+
+/// fuzz/frag crash-0784a2fc: a reassembly timeout of about 2^64 seconds made the first
+/// fragment panic with "overflow when adding duration to instant".
+#[test]
+fn fragment_with_a_timeout_beyond_the_clock_range_is_queued_without_a_deadline() {
+    use ferrosocks_proto::frag::{FragOutcome, Reassembly};
+    let dst = addr("192.0.2.1:53");
+    let now = std::time::Instant::now();
+    let mut queue = Reassembly::new(std::time::Duration::MAX);
+    assert_eq!(
+        queue.push(now, Frag::fragment(1, false), &dst, b"ab"),
+        FragOutcome::Queued
+    );
+    assert_eq!(queue.deadline(), None);
+    assert_eq!(
+        queue.push(now, Frag::fragment(2, true), &dst, b"cd"),
+        FragOutcome::Complete(dst, b"abcd".to_vec())
+    );
+}
