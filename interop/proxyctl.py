@@ -242,9 +242,11 @@ class Proxy:
             internal = f"internal: 127.0.0.1 port = {p4}\n"
             if p6:
                 internal += f"internal: ::1 port = {p6}\n"
+            debug = "debug: 1" if os.environ.get("DANTE_DEBUG") else ""
             with open(conf, "w") as f:
                 f.write(f"""\
 logoutput: stderr
+{debug}
 {internal}external: 127.0.0.1
 external: ::1
 user.privileged: root
@@ -257,6 +259,8 @@ socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect bind udpassociate
 socks pass {{ from: 127.0.0.0/8 to: ::/0 command: connect bind udpassociate bindreply udpreply }}
 socks pass {{ from: ::1/128 to: 0.0.0.0/0 command: connect bind udpassociate bindreply udpreply }}
 socks pass {{ from: ::1/128 to: ::/0 command: connect bind udpassociate bindreply udpreply }}
+socks pass {{ from: 127.0.0.0/8 to: . command: connect bind udpassociate bindreply udpreply }}
+socks pass {{ from: ::1/128 to: . command: connect bind udpassociate bindreply udpreply }}
 """)
             pidfile = os.path.join(self.dir, "danted.pid")
             proc = self._spawn([exe, "-f", conf, "-p", pidfile, "-N", "1"], tag=f".{attempt}")
