@@ -159,7 +159,10 @@ async function connectRoundtrip(proxy, host, port, size = 2 << 20) {
   }
 }
 
-async function bindExchange(proxy, dst, peerLocalAddress) {
+// BIND to `dst`; the peer connects from peerLocalAddress. With wrongPeerLocalAddress,
+// a first connection comes from there and must be refused (closed, no second
+// reply) before the right peer connects.
+async function bindExchange(proxy, dst, peerLocalAddress, wrongPeerLocalAddress) {
   const client = new SocksClient({
     proxy: { host: proxy.v4[0], port: proxy.v4[1], type: 5 },
     command: 'bind',
@@ -186,6 +189,17 @@ async function bindExchange(proxy, dst, peerLocalAddress) {
     check(ann && typeof ann.host === 'string' && ann.host !== '0.0.0.0',
       `BIND announced an unusable address ${JSON.stringify(ann)} (0.0.0.0?)`);
     check(ann.port > 0, `BIND announced port ${ann.port}`);
+
+    if (wrongPeerLocalAddress) {
+      let establishedEarly = false;
+      established.then(() => { establishedEarly = true; }, () => {});
+      const wrong = net.connect({ host: ann.host, port: ann.port, localAddress: wrongPeerLocalAddress });
+      wrong.on('error', () => {});
+      wrong.on('data', () => {});
+      await withTimeout(new Promise((res) => wrong.once('close', res)), 5000,
+        `connection from the wrong peer ${wrongPeerLocalAddress} was not closed`);
+      check(!establishedEarly, `second reply sent for a peer from ${wrongPeerLocalAddress}, not ${dst.host}`);
+    }
 
     // The "remote host" connects to the announced address from a local TCP socket.
     peer = net.connect({ host: ann.host, port: ann.port, localAddress: peerLocalAddress });
@@ -308,6 +322,9 @@ async function main() {
     () => bindExchange(proxy, { host: '0.0.0.0', port: 0 }, '127.0.0.1'));
   await runCase('npm-socks-bind-expected-peer', ['bind'], caps, kind,
     () => bindExchange(proxy, { host: '127.0.0.1', port: 0 }, '127.0.0.1'));
+
+  await runCase('npm-socks-bind-refuses-other-peer', ['bind', 'bind-peer-filter'], caps, kind,
+    () => bindExchange(proxy, { host: '127.0.0.2', port: 0 }, '127.0.0.2', '127.0.0.1'));
 
   await runCase('npm-socks-associate-two-ipv4-destinations', ['udp'], caps, kind, async () => {
     const a = await associate(proxy);
