@@ -22,7 +22,7 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the SOCKS5 server.
     #[command(after_help = SERVE_EXAMPLES)]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a configuration file and report the first error with its line and column.
     #[command(
         after_help = "Example:\n  ferrosocks check-config /etc/ferrosocks.toml\n\n\

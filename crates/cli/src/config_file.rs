@@ -532,7 +532,7 @@ mod tests {
                 .unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
         let err = parse("[[rule]]\naction = \"allow\"\nfrom = [\"10.0.0.0/99\"]\n").unwrap_err();
-        assert_eq!(err.position, Some((3, 9)), "{err}");
+        assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
         assert!(err.to_string().contains("prefix length"), "{err}");
     }
 

@@ -39,6 +39,19 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// Waits (within the deadline) for an access-log line containing `needle`, and returns it.
+    pub async fn wait_for_log(&self, needle: &str) -> String {
+        with_deadline(async {
+            loop {
+                if let Some(line) = self.log.lines().into_iter().find(|l| l.contains(needle)) {
+                    return line;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
     /// Stops accepting, drains, and waits for the server to finish.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -56,6 +69,12 @@ impl Drop for TestServer {
             task.abort();
         }
     }
+}
+
+/// Raises this process's soft open-files limit to the hard limit, for tests that hold many
+/// connections at once.
+pub fn raise_fd_limit() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
 }
 
 /// The default configuration on `127.0.0.1:0`.

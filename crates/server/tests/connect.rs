@@ -1,0 +1,165 @@
+use ferrosocks_proto::{Addr, Command, Rep};
+use ferrosocks_testkit::{spawn_server, tcp_echo, test_config, with_deadline, RawClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::request;
+
+async fn connect_and_echo(server_addr: std::net::SocketAddr, dst: &str) -> ferrosocks_proto::Reply {
+    let mut c = RawClient::connect(server_addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::CONNECT, dst)).await;
+    let reply = c.recv_reply().await;
+    assert_eq!(reply.rep, Rep::SUCCEEDED, "{reply:?}");
+    c.send(b"ping through the tunnel").await;
+    assert_eq!(c.recv_exact(23).await, b"ping through the tunnel");
+    reply
+}
+
+#[tokio::test]
+async fn connect_to_ipv4_target_relays_both_ways_and_reports_outgoing_address() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    let reply = connect_and_echo(server.addr, &echo.to_string()).await;
+    // BND is the local address of the outgoing socket: loopback, a real port.
+    let Addr::Ip(bnd) = reply.bnd else {
+        panic!("BND should be an IP")
+    };
+    assert!(bnd.ip().is_loopback() && bnd.port() != 0, "{bnd}");
+}
+
+#[tokio::test]
+async fn connect_to_ipv6_target() {
+    let echo = tcp_echo("[::1]:0").await;
+    let mut config = test_config();
+    config.listen = vec!["[::1]:0".parse().unwrap()];
+    let server = spawn_server(config).await;
+    let reply = connect_and_echo(server.addr, &echo.to_string()).await;
+    assert!(matches!(reply.bnd, Addr::Ip(std::net::SocketAddr::V6(_))));
+}
+
+#[tokio::test]
+async fn connect_to_domain_target_resolved_by_the_server() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    connect_and_echo(server.addr, &format!("localhost:{}", echo.port())).await;
+    let line = server
+        .wait_for_log(&format!("\"target\":\"localhost:{}\"", echo.port()))
+        .await;
+    assert!(
+        line.contains(&format!("\"resolved\":\"127.0.0.1:{}\"", echo.port())),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn connect_with_pipelined_greeting_request_and_payload() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    let mut c = RawClient::connect(server.addr).await;
+    let mut all = vec![5, 1, 0];
+    all.extend(request(Command::CONNECT, &echo.to_string()));
+    all.extend(b"early payload");
+    c.send(&all).await;
+    assert_eq!(c.recv_exact(2).await, [5, 0]);
+    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    assert_eq!(c.recv_exact(13).await, b"early payload");
+}
+
+#[tokio::test]
+async fn connect_with_pipelined_greeting_auth_request_and_payload() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let mut config = test_config();
+    let (name, cred) = ferrosocks_server::Users::parse_entry("alice:wonder").unwrap();
+    config.users.insert(name, cred);
+    config.auth_methods = vec![ferrosocks_server::AuthMethod::UserPass];
+    let server = spawn_server(config).await;
+    let mut c = RawClient::connect(server.addr).await;
+    let mut all = vec![5, 1, 2, 1, 5];
+    all.extend(b"alice");
+    all.push(6);
+    all.extend(b"wonder");
+    all.extend(request(Command::CONNECT, &echo.to_string()));
+    all.extend(b"xyz");
+    c.send(&all).await;
+    assert_eq!(c.recv_exact(4).await, [5, 2, 1, 0]);
+    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    assert_eq!(c.recv_exact(3).await, b"xyz");
+}
+
+#[tokio::test]
+async fn handshake_sent_one_byte_at_a_time() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    let mut c = RawClient::connect(server.addr).await;
+    let mut all = vec![5, 1, 0];
+    all.extend(request(
+        Command::CONNECT,
+        &format!("localhost:{}", echo.port()),
+    ));
+    for b in all {
+        c.send(&[b]).await;
+        c.stream.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    assert_eq!(c.recv_exact(2).await, [5, 0]);
+    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    c.send(b"1").await;
+    assert_eq!(c.recv_exact(1).await, b"1");
+}
+
+#[tokio::test]
+async fn half_close_is_passed_on_in_both_directions() {
+    // A target that reads until EOF, then answers with what it counted, then closes.
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = target.accept().await.unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        s.write_all(format!("got {}", all.len()).as_bytes())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+    });
+    let server = spawn_server(test_config()).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::CONNECT, &target_addr.to_string()))
+        .await;
+    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    c.send(&[7u8; 100_000]).await;
+    c.stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    with_deadline(c.stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert_eq!(answer, b"got 100000");
+    // The session ends cleanly once both sides are done, and is logged with exact counts.
+    let line = server.wait_for_log("\"end\":\"closed\"").await;
+    assert!(
+        line.contains("\"bytes_up\":100000") && line.contains("\"bytes_down\":10"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn bulk_transfer_is_byte_exact() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::CONNECT, &echo.to_string())).await;
+    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    let data: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut r, mut w) = c.stream.into_split();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await.unwrap();
+        w.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    with_deadline(r.read_to_end(&mut got)).await.unwrap();
+    writer.await.unwrap();
+    assert!(got == data, "echoed data differs");
+}

@@ -1,0 +1,109 @@
+use std::time::Duration;
+
+use ferrosocks_proto::{Command, Rep};
+use ferrosocks_testkit::{
+    raise_fd_limit, spawn_server, tcp_echo, test_config, with_deadline, RawClient,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::request;
+
+#[tokio::test]
+async fn silent_client_is_closed_after_the_handshake_timeout() {
+    let mut config = test_config();
+    config.timeouts.handshake = Duration::from_millis(300);
+    let server = spawn_server(config).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.send(&[5, 1]).await;
+    c.expect_eof().await;
+}
+
+#[tokio::test]
+async fn unauthenticated_connections_are_capped() {
+    let mut config = test_config();
+    config.limits.max_handshakes = 2;
+    let server = spawn_server(config).await;
+    let _a = RawClient::connect(server.addr).await;
+    let _b = RawClient::connect(server.addr).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = RawClient::connect(server.addr).await;
+    third.expect_eof().await;
+}
+
+#[tokio::test]
+async fn idle_tunnel_is_closed() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let mut config = test_config();
+    config.timeouts.idle = Duration::from_millis(300);
+    let server = spawn_server(config).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::CONNECT, &echo.to_string())).await;
+    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    c.expect_eof().await;
+    server.wait_for_log("idle timeout").await;
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_sessions() {
+    // 500 tunnels hold 2000 descriptors in this one process (client, server's two ends,
+    // echo side).
+    raise_fd_limit();
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    let mut streams = Vec::new();
+    for _ in 0..500 {
+        let mut s = with_deadline(TcpStream::connect(server.addr))
+            .await
+            .unwrap();
+        let mut bytes = vec![5, 1, 0];
+        bytes.extend(request(Command::CONNECT, &echo.to_string()));
+        s.write_all(&bytes).await.unwrap();
+        streams.push(s);
+    }
+    // All open at once; now each completes its handshake and an echo.
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            tokio::spawn(async move {
+                let mut head = [0u8; 12];
+                s.read_exact(&mut head).await.unwrap();
+                assert_eq!(&head[..4], &[5, 0, 5, 0]);
+                let msg = format!("session {i:04}");
+                s.write_all(msg.as_bytes()).await.unwrap();
+                let mut back = vec![0u8; msg.len()];
+                s.read_exact(&mut back).await.unwrap();
+                assert_eq!(back, msg.as_bytes());
+                s
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for t in tasks {
+        open.push(with_deadline(t).await.unwrap());
+    }
+    assert_eq!(open.len(), 500);
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_drains_within_its_bound() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let mut config = test_config();
+    config.timeouts.drain = Duration::from_millis(500);
+    let server = spawn_server(config).await;
+    let addr = server.addr;
+    let mut c = RawClient::connect(addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::CONNECT, &echo.to_string())).await;
+    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    let started = std::time::Instant::now();
+    with_deadline(server.shutdown()).await;
+    // The open tunnel kept the drain going until its bound, not forever.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}

@@ -1,0 +1,243 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferrosocks_proto::udp::{decode_datagram, encode_datagram};
+use ferrosocks_proto::{Addr, Command, Frag, Rep, UdpHeader};
+use ferrosocks_testkit::{
+    spawn_server, test_config, udp_echo, with_deadline, RawClient, TestServer,
+};
+use tokio::net::UdpSocket;
+
+use crate::request;
+
+struct Assoc {
+    control: RawClient,
+    relay: SocketAddr,
+    socket: UdpSocket,
+}
+
+async fn associate(server: &TestServer, client_bind: &str, hint: Option<&str>) -> Assoc {
+    let socket = UdpSocket::bind(client_bind).await.unwrap();
+    let hint = hint
+        .map(str::to_owned)
+        .unwrap_or_else(|| socket.local_addr().unwrap().to_string());
+    let mut control = RawClient::connect(server.addr).await;
+    control.greet_no_auth().await;
+    control.send(&request(Command::UDP_ASSOCIATE, &hint)).await;
+    let reply = control.recv_reply().await;
+    assert_eq!(reply.rep, Rep::SUCCEEDED);
+    let Addr::Ip(relay) = reply.bnd else {
+        panic!("relay address should be an IP")
+    };
+    assert!(
+        !relay.ip().is_unspecified(),
+        "the relay address must be reachable, not a wildcard"
+    );
+    Assoc {
+        control,
+        relay,
+        socket,
+    }
+}
+
+fn datagram(frag: Frag, dst: &str, payload: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    let header = UdpHeader {
+        frag,
+        dst: dst.parse().unwrap(),
+    };
+    encode_datagram(&header, payload, &mut buf);
+    buf.to_vec()
+}
+
+impl Assoc {
+    async fn send(&self, dst: &str, payload: &[u8]) {
+        self.socket
+            .send_to(&datagram(Frag::STANDALONE, dst, payload), self.relay)
+            .await
+            .unwrap();
+    }
+
+    async fn recv(&self) -> (Addr, Vec<u8>) {
+        let mut buf = vec![0u8; 70_000];
+        let (n, from) = with_deadline(self.socket.recv_from(&mut buf))
+            .await
+            .unwrap();
+        assert_eq!(from, self.relay, "replies come from the relay socket");
+        let (header, payload) = decode_datagram(&buf[..n]).expect("reply has a valid header");
+        assert!(header.frag.is_standalone());
+        (header.dst, payload.to_vec())
+    }
+}
+
+async fn nothing_arrives(socket: &UdpSocket) -> bool {
+    let mut buf = [0u8; 2048];
+    tokio::time::timeout(Duration::from_millis(300), socket.recv_from(&mut buf))
+        .await
+        .is_err()
+}
+
+#[tokio::test]
+async fn udp_round_trips_to_several_destinations_through_one_association() {
+    let echo_a = udp_echo("127.0.0.1:0").await;
+    let echo_b = udp_echo("127.0.0.1:0").await;
+    let echo_v6 = udp_echo("[::1]:0").await;
+    let server = spawn_server(test_config()).await;
+    let a = associate(&server, "127.0.0.1:0", None).await;
+
+    for round in 0..3 {
+        for (dst, expect_src) in [
+            (echo_a.to_string(), echo_a),
+            (echo_b.to_string(), echo_b),
+            (echo_v6.to_string(), echo_v6),
+            (format!("localhost:{}", echo_a.port()), echo_a),
+        ] {
+            let payload = format!("round {round} to {dst}");
+            a.send(&dst, payload.as_bytes()).await;
+            let (src, got) = a.recv().await;
+            assert_eq!(
+                src,
+                Addr::Ip(expect_src),
+                "the reply header names the source"
+            );
+            assert_eq!(got, payload.as_bytes());
+        }
+    }
+}
+
+#[tokio::test]
+async fn udp_large_datagram_round_trip() {
+    let echo = udp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    let a = associate(&server, "127.0.0.1:0", None).await;
+    let payload: Vec<u8> = (0..60_000u32).map(|i| i as u8).collect();
+    a.send(&echo.to_string(), &payload).await;
+    assert_eq!(a.recv().await.1, payload);
+}
+
+#[tokio::test]
+async fn udp_hint_of_zeros_or_a_domain_means_any_port_from_the_client_ip() {
+    let echo = udp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    for hint in ["0.0.0.0:0", "0:0", "[::]:0"] {
+        let a = associate(&server, "127.0.0.1:0", Some(hint)).await;
+        a.send(&echo.to_string(), b"hello").await;
+        assert_eq!(a.recv().await.1, b"hello", "hint {hint}");
+    }
+}
+
+#[tokio::test]
+async fn udp_ipv6_client_and_relay() {
+    let echo = udp_echo("127.0.0.1:0").await;
+    let mut config = test_config();
+    config.listen = vec!["[::1]:0".parse().unwrap()];
+    let server = spawn_server(config).await;
+    let a = associate(&server, "[::1]:0", None).await;
+    assert!(
+        a.relay.is_ipv6(),
+        "the relay is announced on the address the client used"
+    );
+    a.send(&echo.to_string(), b"v6 client").await;
+    let (src, got) = a.recv().await;
+    assert_eq!(src, Addr::Ip(echo));
+    assert_eq!(got, b"v6 client");
+}
+
+#[tokio::test]
+async fn udp_datagram_from_foreign_source_is_dropped() {
+    let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap().to_string();
+    let server = spawn_server(test_config()).await;
+    // The client announced its own port: another port on the same IP is foreign.
+    let a = associate(&server, "127.0.0.1:0", None).await;
+    let other_port = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    other_port
+        .send_to(&datagram(Frag::STANDALONE, &target_addr, b"spoof"), a.relay)
+        .await
+        .unwrap();
+    assert!(
+        nothing_arrives(&target).await,
+        "datagram from another port was relayed"
+    );
+
+    // Without an announced port, another IP is still foreign.
+    let b = associate(&server, "127.0.0.1:0", Some("0.0.0.0:0")).await;
+    let other_ip = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+    other_ip
+        .send_to(&datagram(Frag::STANDALONE, &target_addr, b"spoof"), b.relay)
+        .await
+        .unwrap();
+    assert!(
+        nothing_arrives(&target).await,
+        "datagram from another IP was relayed"
+    );
+
+    // The real client still gets through.
+    a.send(&target_addr, b"legit").await;
+    let mut buf = [0u8; 64];
+    let (n, _) = with_deadline(target.recv_from(&mut buf)).await.unwrap();
+    assert_eq!(&buf[..n], b"legit");
+}
+
+#[tokio::test]
+async fn udp_fragments_are_reassembled() {
+    let echo = udp_echo("127.0.0.1:0").await;
+    let dst = echo.to_string();
+    let server = spawn_server(test_config()).await;
+    let a = associate(&server, "127.0.0.1:0", None).await;
+    for (frag, part) in [
+        (Frag::fragment(1, false), &b"one-"[..]),
+        (Frag::fragment(2, false), b"two-"),
+        (Frag::fragment(3, true), b"three"),
+    ] {
+        a.socket
+            .send_to(&datagram(frag, &dst, part), a.relay)
+            .await
+            .unwrap();
+    }
+    assert_eq!(a.recv().await.1, b"one-two-three");
+
+    // A sequence with a hole is dropped; the next standalone datagram still flows.
+    for (frag, part) in [
+        (Frag::fragment(1, false), &b"a"[..]),
+        (Frag::fragment(3, true), b"c"),
+    ] {
+        a.socket
+            .send_to(&datagram(frag, &dst, part), a.relay)
+            .await
+            .unwrap();
+    }
+    a.send(&dst, b"after").await;
+    assert_eq!(a.recv().await.1, b"after");
+}
+
+#[tokio::test]
+async fn udp_association_ends_when_its_tcp_connection_closes() {
+    let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap().to_string();
+    let server = spawn_server(test_config()).await;
+    let a = associate(&server, "127.0.0.1:0", None).await;
+    a.send(&target_addr, b"before").await;
+    let mut buf = [0u8; 64];
+    with_deadline(target.recv_from(&mut buf)).await.unwrap();
+    drop(a.control);
+    server.wait_for_log("control connection closed").await;
+    let _ = a
+        .socket
+        .send_to(&datagram(Frag::STANDALONE, &target_addr, b"after"), a.relay)
+        .await;
+    assert!(
+        nothing_arrives(&target).await,
+        "relay still forwarding after the TCP connection closed"
+    );
+}
+
+#[tokio::test]
+async fn udp_association_idle_timeout_closes_the_tcp_connection() {
+    let mut config = test_config();
+    config.timeouts.udp_idle = Duration::from_millis(300);
+    let server = spawn_server(config).await;
+    let mut a = associate(&server, "127.0.0.1:0", None).await;
+    a.control.expect_eof().await;
+}
