@@ -1,0 +1,213 @@
+//! Runs the built binary: check-config diagnostics, serve on port 0, exit codes, signals,
+//! running out of file descriptors.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferrosocks");
+
+fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferrosocks-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// A running `ferrosocks serve`, killed on drop.
+struct Served {
+    child: Child,
+    addr: SocketAddr,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(shell_prefix: &str, args: &str) -> Served {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{shell_prefix} exec {BIN} serve {args}"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("server printed its listen address");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.trim().parse().unwrap();
+        }
+    };
+    Served {
+        child,
+        addr,
+        stderr: rx,
+    }
+}
+
+fn socks_connect(proxy: SocketAddr, target: SocketAddr) -> std::io::Result<(TcpStream, Vec<u8>)> {
+    let mut s = TcpStream::connect(proxy)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let SocketAddr::V4(t) = target else {
+        panic!("ipv4 only here")
+    };
+    let mut req = vec![5, 1, 0, 5, 1, 0, 1];
+    req.extend(t.ip().octets());
+    req.extend(t.port().to_be_bytes());
+    s.write_all(&req)?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    Ok((s, head.to_vec()))
+}
+
+#[test]
+fn check_config_accepts_the_example_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ferrosocks.example.toml");
+    let out = Command::new(BIN)
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn check_config_points_at_the_bad_line_and_exits_2() {
+    let path = temp_file(
+        "bad.toml",
+        "[server]\nlisten = [\"127.0.0.1:1080\"]\n\n[auth]\nmethods = [\"none\", \"kerberos\"]\n",
+    );
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:5:", path.display())), "{err}");
+    assert!(err.contains("kerberos"), "{err}");
+}
+
+#[test]
+fn serve_refuses_an_open_proxy_and_names_the_flag() {
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-open-proxy"), "{err}");
+}
+
+#[test]
+fn serve_relays_and_exits_0_on_sigterm() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = target.accept() {
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(&buf).unwrap();
+        }
+    });
+    let mut served = serve("", "--listen 127.0.0.1:0 --access-log-format json");
+    let (mut s, head) = socks_connect(served.addr, target_addr).unwrap();
+    assert_eq!(&head[..4], &[5, 0, 5, 0]);
+    s.write_all(b"hello").unwrap();
+    let mut back = [0u8; 5];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello");
+    drop(s);
+
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    let mut stdout = String::new();
+    served
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["command"], "CONNECT");
+    assert_eq!(line["rep"], 0);
+    assert_eq!(line["bytes_up"], 5);
+}
+
+#[test]
+fn accept_loop_survives_running_out_of_file_descriptors() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    // 40 descriptors: a handful for the runtime, the rest are quickly used up by clients.
+    let served = serve(
+        "ulimit -n 40;",
+        "--listen 127.0.0.1:0 --handshake-timeout 60s",
+    );
+    let mut hogs = Vec::new();
+    for _ in 0..60 {
+        if let Ok(s) = TcpStream::connect(served.addr) {
+            hogs.push(s);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = served
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server reports the accept failure");
+        if line.contains("accept failed") {
+            break;
+        }
+    }
+    drop(hogs);
+    // The server frees the descriptors as the clients leave and serves again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match socks_connect(served.addr, target_addr) {
+            Ok((_, head)) if head[..4] == [5, 0, 5, 0] => break,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("server did not recover: {other:?}"),
+        }
+    }
+}
