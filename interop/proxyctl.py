@@ -230,9 +230,8 @@ class Proxy:
                                f"{START_TIMEOUT}s:\n{self.logs()[-4000:]}")
         if self.ipv6 and not self.v6:
             raise RuntimeError(f"ferrosocks did not listen on [::1]:\n{self.logs()[-4000:]}")
-        for addr in (self.v4, self.v6):
-            if addr:
-                wait_tcp(*addr, deadline)
+        # No probe connection: the line is logged after bind+listen, so the kernel
+        # already queues connections, and a probe would add a session to the access log.
 
     # -- dante: fixed free ports in a generated config ----------------------
     def _start_dante(self) -> None:

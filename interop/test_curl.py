@@ -128,8 +128,11 @@ def main() -> int:
             check(rcs == [0], f"exit status {rcs} after SIGTERM, want [0]; stderr tail: "
                   f"{open(open_proxy.stderr_path, errors='replace').read()[-500:]}")
             lines = [l for l in open_proxy.stdout_text().splitlines() if l.strip()]
-            check(len(lines) >= sessions,
+            # exactly one line per session (proxyctl makes no probe connection to ferrosocks)
+            check(len(lines) == sessions,
                   f"{len(lines)} access-log lines on stdout for {sessions} sessions: {lines[:3]}")
+            bad = [l for l in lines if "CONNECT" not in l]
+            check(not bad, f"access-log lines that do not name the CONNECT command: {bad[:2]}")
 
         if "userpass" in proxyctl.caps():
             users = [("u", "p")] if proxyctl.kind() == "microsocks" else [("u", "p"), (SECRET_USER, SECRET_PASS)]
