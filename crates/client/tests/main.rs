@@ -13,5 +13,7 @@ mod bind;
 mod connect;
 /// Failure replies, protocol violations, early close, timeouts: typed errors, no panic.
 mod errors;
+/// End to end against the real in-process server (testkit): every command once.
+mod real_server;
 /// UDP ASSOCIATE through a fake relay, and the association's tie to its control connection.
 mod udp;
