@@ -17,8 +17,9 @@ use std::time::Duration;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
-    /// Resolving the proxy's name and opening the TCP connection to it; with `socks5://`
-    /// also the local resolution of a target name. Default 10 s.
+    /// Bounds each of: resolving the proxy's name, opening the TCP connection to it (all
+    /// its addresses together), and with `socks5://` resolving a target name locally.
+    /// Default 10 s.
     pub connect_timeout: Duration,
     /// From the greeting to the (first) reply, including authentication. Default 10 s.
     pub handshake_timeout: Duration,
