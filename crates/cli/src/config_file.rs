@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferrosocks_proto::Command;
 use ferrosocks_server::{
-    AccessLog, Action, AuthMethod, Cidr, Config, ConfigError, Limits, Rule, Rules, Sink,
+    AccessLog, Action, AuthMethod, Cidr, Config, ConfigError, Limits, RelayMode, Rule, Rules, Sink,
     TargetPattern, Timeouts, Users,
 };
 use serde::{Deserialize, Deserializer};
@@ -109,6 +109,7 @@ struct RawServer {
     max_connections: Option<usize>,
     max_handshakes: Option<usize>,
     max_udp_associations: Option<usize>,
+    relay: Option<Parsed<RelayMode>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -211,6 +212,9 @@ pub(crate) struct Overrides {
     /// UDP associations at once [default: 1024].
     #[arg(long, value_name = "N")]
     pub(crate) max_udp_associations: Option<usize>,
+    /// How tunnels move bytes: splice (zero-copy, Linux) or copy (portable) [default: splice].
+    #[arg(long, value_name = "splice|copy")]
+    pub(crate) relay: Option<RelayMode>,
     /// Diagnostic log level (error, warn, info, debug, trace) or a RUST_LOG-style filter.
     #[arg(long, value_name = "LEVEL")]
     pub(crate) log_level: Option<String>,
@@ -479,6 +483,7 @@ fn build(
         },
         allow_open_proxy: cli.allow_open_proxy || s.allow_open_proxy.unwrap_or(false),
         access_log,
+        relay_mode: cli.relay.or(s.relay.map(|r| r.0)).unwrap_or_default(),
     };
     for (name, value) in [
         ("max_connections", config.limits.max_connections),

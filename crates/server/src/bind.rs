@@ -95,7 +95,14 @@ pub(crate) async fn handle(
         record.bytes_up += leftover.len() as u64;
     }
     drop(leftover);
-    let stats = relay(&mut conn.stream, &mut peer, shared.config.timeouts.idle).await;
+    let stats = relay(
+        &conn.stream,
+        &peer,
+        shared.config.timeouts.idle,
+        shared.config.relay_mode,
+        &shared.pipes,
+    )
+    .await;
     record.bytes_up += stats.up;
     record.bytes_down += stats.down;
     record.end = stats.end.describe().into();

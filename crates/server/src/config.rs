@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::access_log::AccessLog;
 use crate::auth::{AuthMethod, Users};
+use crate::relay::RelayMode;
 use crate::rules::{Action, Rules};
 
 /// Deadlines, each documented with its default.
@@ -90,6 +91,8 @@ pub struct Config {
     pub allow_open_proxy: bool,
     /// Where the per-session access log goes.
     pub access_log: AccessLog,
+    /// How tunnels move bytes. Default: `splice` (zero-copy) on Linux.
+    pub relay_mode: RelayMode,
 }
 
 impl Default for Config {
@@ -105,6 +108,7 @@ impl Default for Config {
             limits: Limits::default(),
             allow_open_proxy: false,
             access_log: AccessLog::Off,
+            relay_mode: RelayMode::default(),
         }
     }
 }

@@ -48,7 +48,14 @@ pub(crate) async fn handle(
         record.bytes_up += leftover.len() as u64;
     }
     drop(leftover);
-    let stats = relay(&mut conn.stream, &mut target, shared.config.timeouts.idle).await;
+    let stats = relay(
+        &conn.stream,
+        &target,
+        shared.config.timeouts.idle,
+        shared.config.relay_mode,
+        &shared.pipes,
+    )
+    .await;
     record.bytes_up += stats.up;
     record.bytes_down += stats.down;
     record.end = stats.end.describe().into();

@@ -49,6 +49,7 @@ use tokio_util::task::TaskTracker;
 pub use access_log::{AccessLog, SessionRecord, Sink};
 pub use auth::{AuthMethod, Credential, Users};
 pub use config::{Config, ConfigError, Limits, Timeouts};
+pub use relay::RelayMode;
 pub use rules::{Action, Cidr, Rule, Rules, TargetPattern};
 
 /// Why a server could not start.
@@ -83,6 +84,7 @@ pub(crate) struct Shared {
     pub(crate) connections: Arc<Semaphore>,
     pub(crate) handshakes: Arc<Semaphore>,
     pub(crate) udp_associations: Arc<Semaphore>,
+    pub(crate) pipes: relay::PipePool,
 }
 
 impl Shared {
@@ -138,6 +140,7 @@ impl Server {
             connections: Arc::new(Semaphore::new(config.limits.max_connections)),
             handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes)),
             udp_associations: Arc::new(Semaphore::new(config.limits.max_udp_associations)),
+            pipes: relay::PipePool::new(),
             config,
         });
         Ok(Server { listeners, shared })

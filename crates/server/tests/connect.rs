@@ -1,4 +1,5 @@
 use ferrosocks_proto::{Addr, Command, Rep};
+use ferrosocks_server::RelayMode;
 use ferrosocks_testkit::{spawn_server, tcp_echo, test_config, with_deadline, RawClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -110,6 +111,12 @@ async fn handshake_sent_one_byte_at_a_time() {
 
 #[tokio::test]
 async fn half_close_is_passed_on_in_both_directions() {
+    for mode in [RelayMode::Splice, RelayMode::Copy] {
+        half_close_round(mode).await;
+    }
+}
+
+async fn half_close_round(mode: RelayMode) {
     // A target that reads until EOF, then answers with what it counted, then closes.
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target_addr = target.local_addr().unwrap();
@@ -122,7 +129,9 @@ async fn half_close_is_passed_on_in_both_directions() {
             .unwrap();
         s.shutdown().await.unwrap();
     });
-    let server = spawn_server(test_config()).await;
+    let mut config = test_config();
+    config.relay_mode = mode;
+    let server = spawn_server(config).await;
     let mut c = RawClient::connect(server.addr).await;
     c.greet_no_auth().await;
     c.send(&request(Command::CONNECT, &target_addr.to_string()))
@@ -145,8 +154,16 @@ async fn half_close_is_passed_on_in_both_directions() {
 
 #[tokio::test]
 async fn bulk_transfer_is_byte_exact() {
+    for mode in [RelayMode::Splice, RelayMode::Copy] {
+        bulk_round(mode).await;
+    }
+}
+
+async fn bulk_round(mode: RelayMode) {
     let echo = tcp_echo("127.0.0.1:0").await;
-    let server = spawn_server(test_config()).await;
+    let mut config = test_config();
+    config.relay_mode = mode;
+    let server = spawn_server(config).await;
     let mut c = RawClient::connect(server.addr).await;
     c.greet_no_auth().await;
     c.send(&request(Command::CONNECT, &echo.to_string())).await;
@@ -161,5 +178,10 @@ async fn bulk_transfer_is_byte_exact() {
     let mut got = Vec::new();
     with_deadline(r.read_to_end(&mut got)).await.unwrap();
     writer.await.unwrap();
-    assert!(got == data, "echoed data differs");
+    assert!(got == data, "echoed data differs ({mode:?})");
+    let line = server.wait_for_log("\"end\":\"closed\"").await;
+    assert!(
+        line.contains("\"bytes_up\":4000000") && line.contains("\"bytes_down\":4000000"),
+        "{line}"
+    );
 }
