@@ -69,6 +69,18 @@ pub(crate) async fn connect_any(
     addrs: &[SocketAddr],
     timeout: Duration,
 ) -> Result<TcpStream, SessionError> {
+    if let [only] = addrs {
+        // The common case (an IP target) needs no racing, and no task per attempt.
+        return match tokio::time::timeout(timeout, TcpStream::connect(*only)).await {
+            Err(_) => Err(SessionError::Timeout(Phase::Connect)),
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(source)) => Err(SessionError::ConnectFailed {
+                kind: classify(&source),
+                target: only.to_string(),
+                source,
+            }),
+        };
+    }
     let deadline = Instant::now() + timeout;
     let mut attempts = JoinSet::new();
     let mut next = addrs.iter().copied();
