@@ -342,6 +342,32 @@ async function main() {
       a.control.destroy();
     }
   });
+  await runCase('npm-socks-associate-drops-datagrams-from-other-port', ['udp'], caps, kind, async () => {
+    // The association announced our socket's port; a datagram to the relay from
+    // another local port must not be relayed (and its echo must not come back).
+    const a = await associate(proxy);
+    const other = dgram.createSocket('udp4');
+    await new Promise((res) => other.bind(0, '127.0.0.1', res));
+    cleanups.push(() => new Promise((r) => { try { other.close(() => r()); } catch (_) { r(); } }));
+    try {
+      await udpExchange(a, [u4a], 1);
+      const stray = [];
+      other.on('message', (m) => stray.push(m));
+      const seen = [];
+      const onEcho = (m, rinfo) => seen.push(rinfo);
+      u4b.sock.on('message', onEcho);
+      const frame = SocksClient.createUDPFrame({ remoteHost: { host: u4b.host, port: u4b.port },
+        data: Buffer.from('from a foreign port') });
+      for (let i = 0; i < 3; i++) other.send(frame, a.relay.port, a.relay.host);
+      await new Promise((r) => setTimeout(r, 1500));
+      u4b.sock.off('message', onEcho);
+      check(seen.length === 0, `echo server got ${seen.length} datagram(s) sent from a port the client did not announce`);
+      check(stray.length === 0, 'a reply came back to the foreign port');
+      await udpExchange(a, [u4a], 1); // the association still works for its own socket
+    } finally {
+      a.control.destroy();
+    }
+  });
   await runCase('npm-socks-associate-ends-with-tcp-connection', ['udp'], caps, kind, async () => {
     const a = await associate(proxy);
     await udpExchange(a, [u4a], 1); // works while the control connection is open
