@@ -1,11 +1,41 @@
 //! Authentication: which methods the server offers, in which order, and the user table.
+//!
+//! # Hashed passwords
+//! A users entry may hold an Argon2 hash in PHC form (`alice:$argon2id$v=19$m=19456,t=2,p=1$…`,
+//! as `ferrosocks passwd` prints) instead of the password. Argon2 is slow on purpose (tens of
+//! milliseconds and ~19 MiB per check with the default parameters), so it must not run for
+//! every login of a busy user:
+//!
+//! - After a user's first successful Argon2 check, the table remembers a BLAKE3 hash of the
+//!   password *keyed with a random per-process key* ([`VerifiedCache`]). Later logins compare
+//!   the keyed hash of the presented password with it in constant time and skip Argon2.
+//!   Without the key, which never leaves the process, a cached value is useless for guessing
+//!   passwords offline.
+//! - Only a successful Argon2 check writes the cache, so a wrong password never gets in; it
+//!   costs a full Argon2 check every time, which is what makes guessing slow.
+//! - The cache holds at most one entry per hashed user (a PHC hash matches one password) and
+//!   never more than [`MAX_CACHED`]; a reload builds a new table with an empty cache.
+//! - Argon2 checks run on tokio's blocking pool ([`Users::verify_async`]), at most one per
+//!   core at a time, so they neither stall the sessions sharing a worker thread nor use
+//!   unbounded memory under a flood of wrong passwords.
+//! - An unknown user name is checked against another user's hash, so the time taken does not
+//!   tell which names exist.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHashString, PasswordVerifier};
+use argon2::Argon2;
 use ferrosocks_proto::{Method, Password, UserPassRequest};
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+/// The most successful hashed-password checks remembered by one users table.
+pub const MAX_CACHED: usize = 65_536;
 
 /// An authentication method the server can offer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,20 +74,149 @@ impl std::str::FromStr for AuthMethod {
 pub enum Credential {
     /// The password itself, compared in constant time.
     Plain(Password),
+    /// An Argon2 hash in PHC string form (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`).
+    Hashed(PasswordHashString),
+}
+
+impl Credential {
+    /// Parses a PHC string as an Argon2 hash whose parameters Argon2 accepts.
+    pub fn hashed(phc: &str) -> Result<Credential, String> {
+        let hash = PasswordHash::new(phc).map_err(|e| format!("not a PHC hash string: {e}"))?;
+        match hash.algorithm.as_str() {
+            "argon2id" | "argon2i" | "argon2d" => {}
+            other => {
+                return Err(format!(
+                    "unsupported hash algorithm {other:?} (expected argon2id)"
+                ))
+            }
+        }
+        argon2::Params::try_from(&hash).map_err(|e| format!("invalid Argon2 parameters: {e}"))?;
+        if hash.hash.is_none() {
+            return Err("the PHC string has no hash part".into());
+        }
+        Ok(Credential::Hashed(hash.serialize()))
+    }
 }
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Credential::Plain(_) => f.write_str("Plain(<redacted>)"),
+            // The hash is not the password, but it is what an offline guesser needs.
+            Credential::Hashed(_) => f.write_str("Hashed(<redacted>)"),
         }
     }
 }
 
+/// Keyed hashes of passwords that passed an Argon2 check, one per user (see the module docs).
+pub struct VerifiedCache {
+    /// Random per process (per table, in fact); never leaves memory.
+    key: [u8; 32],
+    entries: Mutex<HashMap<Vec<u8>, [u8; 32]>>,
+    /// Argon2 checks run so far, for tests and diagnostics.
+    argon2_checks: AtomicU64,
+    /// Bounds concurrent Argon2 checks (CPU and memory) in [`Users::verify_async`].
+    permits: Arc<Semaphore>,
+}
+
+impl VerifiedCache {
+    fn new() -> Self {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            key,
+            entries: Mutex::new(HashMap::new()),
+            argon2_checks: AtomicU64::new(0),
+            permits: Arc::new(Semaphore::new(cores)),
+        }
+    }
+
+    fn keyed(&self, password: &[u8]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.key, password).as_bytes()
+    }
+
+    fn lookup(&self, user: &[u8]) -> Option<[u8; 32]> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(user)
+            .copied()
+    }
+
+    fn remember(&self, user: &[u8], keyed: [u8; 32]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() < MAX_CACHED || entries.contains_key(user) {
+            entries.insert(user.to_vec(), keyed);
+        }
+    }
+}
+
+impl fmt::Debug for VerifiedCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifiedCache")
+            .field("key", &"<redacted>")
+            .field(
+                "entries",
+                &self.entries.lock().unwrap_or_else(|e| e.into_inner()).len(),
+            )
+            .finish()
+    }
+}
+
 /// The table of users allowed to log in with username/password.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Users {
     users: HashMap<Vec<u8>, Credential>,
+    /// A hash from the table, checked for unknown user names so they take as long as
+    /// known ones.
+    decoy: Option<PasswordHashString>,
+    /// Shared by clones of this table; a new table (a reload) starts empty.
+    verified: Arc<VerifiedCache>,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Self {
+            users: HashMap::new(),
+            decoy: None,
+            verified: Arc::new(VerifiedCache::new()),
+        }
+    }
+}
+
+/// What is left to do for a login after the cheap checks.
+enum Check {
+    /// Decided without Argon2.
+    Done(bool),
+    /// Needs an Argon2 check of `password` against `hash`.
+    Argon2(Argon2Check),
+}
+
+struct Argon2Check {
+    hash: PasswordHashString,
+    password: Password,
+    /// The user and keyed password to remember on success; `None` for an unknown user.
+    remember: Option<(Vec<u8>, [u8; 32])>,
+    cache: Arc<VerifiedCache>,
+}
+
+impl Argon2Check {
+    /// The slow part: runs Argon2 and, on success for a known user, fills the cache.
+    fn run(self) -> bool {
+        self.cache.argon2_checks.fetch_add(1, Ordering::Relaxed);
+        let ok = Argon2::default()
+            .verify_password(self.password.expose(), &self.hash.password_hash())
+            .is_ok();
+        match self.remember {
+            Some((user, keyed)) if ok => {
+                self.cache.remember(&user, keyed);
+                true
+            }
+            // Unknown user: checked only to take the same time; never accepted.
+            _ => false,
+        }
+    }
 }
 
 /// A problem in a `NAME:PASS` entry or a users file.
@@ -86,8 +245,11 @@ impl Users {
         self.users.len()
     }
 
-    /// Adds or replaces a user with a plain password.
+    /// Adds or replaces a user.
     pub fn insert(&mut self, name: impl Into<Vec<u8>>, credential: Credential) {
+        if let Credential::Hashed(hash) = &credential {
+            self.decoy.get_or_insert_with(|| hash.clone());
+        }
         self.users.insert(name.into(), credential);
     }
 
@@ -96,7 +258,8 @@ impl Users {
         self.users.into_iter()
     }
 
-    /// Parses one `NAME:PASS` entry (the password may itself contain `:`).
+    /// Parses one `NAME:PASS` entry (the password may itself contain `:`). A password that
+    /// starts with `$argon2` is an Argon2 PHC hash, as `ferrosocks passwd` prints.
     pub fn parse_entry(entry: &str) -> Result<(String, Credential), UsersError> {
         let (name, pass) = entry.split_once(':').ok_or_else(|| UsersError {
             line: None,
@@ -107,6 +270,13 @@ impl Users {
                 line: None,
                 message: "the user name must be 1 to 255 bytes (RFC 1929)".into(),
             });
+        }
+        if pass.starts_with("$argon2") {
+            let cred = Credential::hashed(pass).map_err(|e| UsersError {
+                line: None,
+                message: format!("the password hash of {name:?}: {e}"),
+            })?;
+            return Ok((name.to_owned(), cred));
         }
         if pass.is_empty() || pass.len() > 255 {
             return Err(UsersError {
@@ -120,8 +290,8 @@ impl Users {
         ))
     }
 
-    /// Parses a users file: one `NAME:PASSWORD` per line; blank lines and lines starting
-    /// with `#` are ignored.
+    /// Parses a users file: one `NAME:PASSWORD` or `NAME:$argon2id$…` per line; blank lines
+    /// and lines starting with `#` are ignored.
     pub fn parse_file_contents(text: &str) -> Result<Users, UsersError> {
         let mut users = Users::new();
         for (i, line) in text.lines().enumerate() {
@@ -147,20 +317,90 @@ impl Users {
         Self::parse_file_contents(&text)
     }
 
-    /// Checks a username/password pair. The comparison takes the same time whether the user
-    /// exists or not and wherever the password differs.
+    /// Checks a username/password pair, running any Argon2 check on this thread. The
+    /// comparison takes the same time whether the user exists or not and wherever the
+    /// password differs. Async callers use [`Users::verify_async`].
     pub fn verify(&self, request: &UserPassRequest) -> bool {
-        // An unknown user is still compared against a dummy so that timing does not reveal
-        // which user names exist.
-        let dummy = Credential::Plain(Password::new(Vec::new()));
-        let (known, credential) = match self.users.get(&request.username) {
-            Some(c) => (true, c),
-            None => (false, &dummy),
-        };
-        let matches = match credential {
-            Credential::Plain(expected) => padded_eq(expected.expose(), request.password.expose()),
-        };
-        known & matches
+        match self.check(request) {
+            Check::Done(verdict) => verdict,
+            Check::Argon2(job) => job.run(),
+        }
+    }
+
+    /// [`Users::verify`] for async callers: plain passwords and remembered hashed ones are
+    /// checked at once; an Argon2 check runs on the blocking pool, at most one per core at
+    /// a time.
+    pub async fn verify_async(&self, request: &UserPassRequest) -> bool {
+        match self.check(request) {
+            Check::Done(verdict) => verdict,
+            // Boxed so that a session future, which holds this one during the handshake,
+            // stays small on the common path.
+            Check::Argon2(job) => {
+                Box::pin(async move {
+                    let Ok(_permit) = job.cache.permits.clone().acquire_owned().await else {
+                        return false;
+                    };
+                    tokio::task::spawn_blocking(move || job.run())
+                        .await
+                        .unwrap_or(false)
+                })
+                .await
+            }
+        }
+    }
+
+    /// How many Argon2 checks this table (and its clones) has run.
+    pub fn argon2_checks(&self) -> u64 {
+        self.verified.argon2_checks.load(Ordering::Relaxed)
+    }
+
+    /// Whether `user` has a cached value and `password` matches it (tests only).
+    #[cfg(test)]
+    fn verify_cached_only_for_test(&self, user: &str, password: &str) -> Option<bool> {
+        let known = self.verified.lookup(user.as_bytes())?;
+        Some(bool::from(
+            known.ct_eq(&self.verified.keyed(password.as_bytes())),
+        ))
+    }
+
+    /// The cheap part of a check: everything except Argon2.
+    fn check(&self, request: &UserPassRequest) -> Check {
+        let presented = request.password.expose();
+        match self.users.get(&request.username) {
+            Some(Credential::Plain(expected)) => {
+                Check::Done(padded_eq(expected.expose(), presented))
+            }
+            Some(Credential::Hashed(hash)) => {
+                let keyed = self.verified.keyed(presented);
+                if let Some(known) = self.verified.lookup(&request.username) {
+                    if bool::from(known.ct_eq(&keyed)) {
+                        return Check::Done(true);
+                    }
+                }
+                Check::Argon2(Argon2Check {
+                    hash: hash.clone(),
+                    password: request.password.clone(),
+                    remember: Some((request.username.clone(), keyed)),
+                    cache: self.verified.clone(),
+                })
+            }
+            None => {
+                // An unknown user is still compared against something of the same cost, so
+                // that timing does not reveal which user names exist.
+                match &self.decoy {
+                    Some(hash) => Check::Argon2(Argon2Check {
+                        hash: hash.clone(),
+                        password: request.password.clone(),
+                        remember: None,
+                        cache: self.verified.clone(),
+                    }),
+                    None => {
+                        let _ = padded_eq(&[], presented);
+                        Check::Done(false)
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -214,5 +454,134 @@ mod tests {
     fn credential_debug_hides_the_password() {
         let (_, cred) = Users::parse_entry("u:hunter2").unwrap();
         assert!(!format!("{cred:?}").contains("hunter2"));
+        let entry = format!("u:{}", cheap_hash("hunter2"));
+        let (_, cred) = Users::parse_entry(&entry).unwrap();
+        assert_eq!(format!("{cred:?}"), "Hashed(<redacted>)");
+    }
+
+    /// A real Argon2id hash with tiny parameters, so tests stay fast.
+    fn cheap_hash(password: &str) -> String {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        argon
+            .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+            .unwrap()
+            .to_string()
+    }
+
+    fn hashed_users() -> Users {
+        let text = format!(
+            "alice:{}\nbob:plain-pw\ncarol:{}\n",
+            cheap_hash("wonder land"),
+            cheap_hash("c-pass")
+        );
+        Users::parse_file_contents(&text).unwrap()
+    }
+
+    #[test]
+    fn hashed_user_accepts_only_the_right_password() {
+        let users = hashed_users();
+        assert!(users.verify(&req("alice", "wonder land")));
+        assert!(!users.verify(&req("alice", "wonder lan")));
+        assert!(!users.verify(&req("alice", "c-pass")));
+        assert!(users.verify(&req("carol", "c-pass")));
+        assert!(users.verify(&req("bob", "plain-pw")));
+        // The hash string itself is not a password.
+        let (_, Credential::Hashed(h)) =
+            Users::parse_entry(&format!("x:{}", cheap_hash("p"))).unwrap()
+        else {
+            panic!("hashed entry expected")
+        };
+        let mut with_x = users.clone();
+        with_x.insert("x", Credential::hashed(h.as_str()).unwrap());
+        assert!(!with_x.verify(&req("x", h.as_str())));
+    }
+
+    #[test]
+    fn second_login_of_a_hashed_user_skips_argon2() {
+        let users = hashed_users();
+        assert!(users.verify(&req("alice", "wonder land")));
+        assert_eq!(users.argon2_checks(), 1);
+        for _ in 0..5 {
+            assert!(users.verify(&req("alice", "wonder land")));
+        }
+        assert_eq!(
+            users.argon2_checks(),
+            1,
+            "cached logins must not run Argon2"
+        );
+        // Clones (the server's Arc'd state) share the cache; a fresh table does not.
+        assert!(users.clone().verify(&req("alice", "wonder land")));
+        assert_eq!(users.argon2_checks(), 1);
+        let reloaded = hashed_users();
+        assert!(reloaded.verify(&req("alice", "wonder land")));
+        assert_eq!(reloaded.argon2_checks(), 1);
+    }
+
+    #[test]
+    fn wrong_password_never_enters_or_matches_the_cache() {
+        let users = hashed_users();
+        // Wrong first: no entry is made, every attempt costs a full Argon2 check.
+        for i in 1..=3 {
+            assert!(!users.verify(&req("alice", "guess")));
+            assert_eq!(users.argon2_checks(), i);
+        }
+        assert!(users
+            .verify_cached_only_for_test("alice", "guess")
+            .is_none());
+        // After a good login is cached, a wrong password still goes to Argon2 and fails,
+        // and does not replace the cached value.
+        assert!(users.verify(&req("alice", "wonder land")));
+        assert_eq!(users.argon2_checks(), 4);
+        assert!(!users.verify(&req("alice", "guess")));
+        assert_eq!(users.argon2_checks(), 5);
+        assert!(users.verify(&req("alice", "wonder land")));
+        assert_eq!(users.argon2_checks(), 5);
+        // Another user's cached password does not open this one.
+        assert!(!users.verify(&req("carol", "wonder land")));
+    }
+
+    #[test]
+    fn unknown_user_costs_an_argon2_check_but_is_never_accepted() {
+        let users = hashed_users();
+        assert!(!users.verify(&req("mallory", "wonder land")));
+        assert!(!users.verify(&req("mallory", "c-pass")));
+        assert_eq!(users.argon2_checks(), 2);
+        assert!(users
+            .verify_cached_only_for_test("mallory", "wonder land")
+            .is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_async_runs_argon2_off_the_worker_and_caches() {
+        let users = hashed_users();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let users = users.clone();
+            tasks.push(tokio::spawn(async move {
+                users.verify_async(&req("alice", "wonder land")).await
+            }));
+        }
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        let before = users.argon2_checks();
+        assert!(before >= 1);
+        assert!(users.verify_async(&req("alice", "wonder land")).await);
+        assert!(!users.verify_async(&req("alice", "nope")).await);
+        assert_eq!(users.argon2_checks(), before + 1);
+    }
+
+    #[test]
+    fn malformed_hash_entries_are_rejected() {
+        for bad in [
+            "u:$argon2id$",
+            "u:$argon2id$v=19$m=8,t=1,p=1$c2FsdHNhbHQ",
+            "u:$argon2x$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+        ] {
+            let err = Users::parse_entry(bad).unwrap_err();
+            assert!(err.message.contains("hash"), "{bad}: {err}");
+        }
     }
 }

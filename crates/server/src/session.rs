@@ -168,7 +168,8 @@ async fn handshake(
             }
             Event::Authenticate(credentials) => {
                 let user = String::from_utf8_lossy(&credentials.username).into_owned();
-                let accepted = auth.users.verify(&credentials);
+                // Argon2 (hashed users) runs off this worker; see auth.rs.
+                let accepted = auth.users.verify_async(&credentials).await;
                 hs.handle_auth_verdict(accepted, &mut conn.output);
                 if !accepted {
                     record.user = Some(user.clone());
