@@ -231,17 +231,20 @@ async function bindExchange(proxy, dst, peerLocalAddress, wrongPeerLocalAddress)
   }
 }
 
-// Opens an association from a udp4 socket bound to 127.0.0.1; returns {relay, control, sock}.
-async function associate(proxy) {
-  const sock = dgram.createSocket('udp4');
-  await new Promise((res) => sock.bind(0, '127.0.0.1', res));
+// Opens an association from a UDP socket bound to 127.0.0.1 (or ::1 over the
+// proxy's [::1] listener when v6); returns {relay, control, sock}.
+async function associate(proxy, v6 = false) {
+  const local = v6 ? '::1' : '127.0.0.1';
+  const [phost, pport] = v6 ? proxy.v6 : proxy.v4;
+  const sock = dgram.createSocket(v6 ? 'udp6' : 'udp4');
+  await new Promise((res) => sock.bind(0, local, res));
   cleanups.push(() => new Promise((r) => { try { sock.close(() => r()); } catch (_) { r(); } }));
   // createConnection() accepts only 'connect'; associate goes through the class.
   const client = new SocksClient({
-    proxy: { host: proxy.v4[0], port: proxy.v4[1], type: 5 },
+    proxy: { host: phost, port: pport, type: 5 },
     command: 'associate',
     // announce the address we will send from (the server filters on it)
-    destination: { host: '127.0.0.1', port: sock.address().port },
+    destination: { host: local, port: sock.address().port },
     timeout: IO_TIMEOUT_MS,
   });
   const est = new Promise((resolve, reject) => {
@@ -254,6 +257,8 @@ async function associate(proxy) {
   const relay = info.remoteHost;
   check(relay && typeof relay.host === 'string' && relay.host !== '0.0.0.0' && relay.port > 0,
     `UDP ASSOCIATE announced an unusable relay ${JSON.stringify(relay)}`);
+  check(canon(relay.host) === local,
+    `UDP ASSOCIATE announced ${relay.host}, want the address the client reached the server at (${local})`);
   info.socket.on('error', () => {});
   return { relay, control: info.socket, sock };
 }
@@ -299,7 +304,7 @@ async function main() {
   const kind = process.env.PROXY_KIND || 'ferrosocks';
   let proxy;
   try {
-    proxy = await startProxy();
+    proxy = await startProxy(['--ipv6']);
   } catch (e) {
     console.log(`FAIL npm-socks-setup: ${e.message}`);
     return 1;
@@ -336,6 +341,14 @@ async function main() {
   });
   await runCase('npm-socks-associate-ipv6-destination', ['udp'], caps, kind, async () => {
     const a = await associate(proxy);
+    try {
+      await udpExchange(a, [u6, u4a]);
+    } finally {
+      a.control.destroy();
+    }
+  });
+  await runCase('npm-socks-associate-over-ipv6-listener', ['udp', 'ipv6-listen'], caps, kind, async () => {
+    const a = await associate(proxy, true);
     try {
       await udpExchange(a, [u6, u4a]);
     } finally {
