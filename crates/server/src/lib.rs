@@ -88,6 +88,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    pub(crate) fn new(config: Config) -> Shared {
+        Shared {
+            auth: RwLock::new(Arc::new(AuthState {
+                methods: config.auth_methods.clone(),
+                users: config.users.clone(),
+            })),
+            rules: RwLock::new(Arc::new(config.rules.clone())),
+            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
+            handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes)),
+            udp_associations: Arc::new(Semaphore::new(config.limits.max_udp_associations)),
+            pipes: relay::PipePool::new(),
+            config,
+        }
+    }
+
     pub(crate) fn auth(&self) -> Arc<AuthState> {
         self.auth.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -131,18 +146,7 @@ impl Server {
             })?;
             listeners.push(listener);
         }
-        let shared = Arc::new(Shared {
-            auth: RwLock::new(Arc::new(AuthState {
-                methods: config.auth_methods.clone(),
-                users: config.users.clone(),
-            })),
-            rules: RwLock::new(Arc::new(config.rules.clone())),
-            connections: Arc::new(Semaphore::new(config.limits.max_connections)),
-            handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes)),
-            udp_associations: Arc::new(Semaphore::new(config.limits.max_udp_associations)),
-            pipes: relay::PipePool::new(),
-            config,
-        });
+        let shared = Arc::new(Shared::new(config));
         Ok(Server { listeners, shared })
     }
 

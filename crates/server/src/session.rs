@@ -133,8 +133,10 @@ async fn drive(
     tracing::debug!(command = ?request.command, dst = %request.dst, "request");
     match request.command {
         Command::CONNECT => connect::handle(conn, shared, record, request.dst).await,
-        Command::BIND => bind::handle(conn, shared, record, request.dst).await,
-        Command::UDP_ASSOCIATE => udp::handle(conn, shared, record, request.dst).await,
+        // BIND and UDP keep more state than CONNECT; boxing them keeps every session's
+        // future (the memory an idle CONNECT tunnel costs) the size of the CONNECT path.
+        Command::BIND => Box::pin(bind::handle(conn, shared, record, request.dst)).await,
+        Command::UDP_ASSOCIATE => Box::pin(udp::handle(conn, shared, record, request.dst)).await,
         // The handshake only returns known commands; an unknown one is a HandshakeError.
         other => Err(SessionError::Protocol(ferrosocks_proto::HandshakeError {
             stage: ferrosocks_proto::Stage::Request,
@@ -195,7 +197,8 @@ async fn handshake(
 /// client reads it.
 async fn close_after_failure(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would sit in every session's future, failed or not.
+    let mut sink = vec![0u8; 4096];
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         let mut total = 0usize;
         while total < 1 << 20 {
@@ -206,4 +209,32 @@ async fn close_after_failure(mut stream: TcpStream) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every open tunnel costs the server one task, and a task is as large as the session
+    /// future's largest state. This guards the budget behind "under 4 KiB per idle tunnel":
+    /// a stray buffer held across an `.await` (it happened: a 4 KiB array in the close
+    /// path) would more than double it.
+    #[tokio::test]
+    async fn session_future_stays_small() {
+        fn size<F: std::future::Future>(_: &F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let shared = std::sync::Arc::new(crate::Shared::new(crate::Config::default()));
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
+        let session = super::run(
+            stream,
+            addr,
+            shared,
+            permits.clone().try_acquire_owned().unwrap(),
+            permits.try_acquire_owned().unwrap(),
+        );
+        let bytes = size(&session);
+        assert!(bytes <= 2560, "session future grew to {bytes} bytes");
+    }
 }
