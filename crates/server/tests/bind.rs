@@ -139,3 +139,19 @@ async fn bind_listener_is_closed_when_the_client_leaves() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn bind_announces_the_external_address_when_configured() {
+    let mut config = test_config();
+    config.external_address = Some("192.0.2.7".parse().unwrap());
+    let server = spawn_server(config).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::BIND, "127.0.0.1:0")).await;
+    let first = c.recv_reply().await;
+    assert_eq!(first.rep, Rep::SUCCEEDED);
+    let Addr::Ip(announced) = first.bnd else {
+        panic!("IP expected")
+    };
+    assert_eq!(announced.ip().to_string(), "192.0.2.7");
+}

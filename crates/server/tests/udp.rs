@@ -241,3 +241,65 @@ async fn udp_association_idle_timeout_closes_the_tcp_connection() {
     let mut a = associate(&server, "127.0.0.1:0", None).await;
     a.control.expect_eof().await;
 }
+
+#[tokio::test]
+async fn udp_relay_port_comes_from_the_configured_range() {
+    let echo = udp_echo("127.0.0.1:0").await;
+    // Find a free range by probing: take a free port and use a small range above it.
+    let base = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (low, high) = (
+        base.saturating_sub(20).max(1024),
+        base.saturating_sub(20).max(1024) + 40,
+    );
+    let mut config = test_config();
+    config.udp_port_range = Some(low..=high);
+    let server = spawn_server(config).await;
+    for _ in 0..3 {
+        let a = associate(&server, "127.0.0.1:0", None).await;
+        assert!(
+            (low..=high).contains(&a.relay.port()),
+            "{} not in {low}-{high}",
+            a.relay
+        );
+        a.send(&echo.to_string(), b"ranged").await;
+        assert_eq!(a.recv().await.1, b"ranged");
+    }
+}
+
+#[tokio::test]
+async fn udp_reply_announces_the_external_address_when_configured() {
+    let mut config = test_config();
+    config.external_address = Some("192.0.2.7".parse().unwrap());
+    let server = spawn_server(config).await;
+    let mut control = RawClient::connect(server.addr).await;
+    control.greet_no_auth().await;
+    control
+        .send(&request(Command::UDP_ASSOCIATE, "0.0.0.0:0"))
+        .await;
+    let reply = control.recv_reply().await;
+    assert_eq!(reply.rep, Rep::SUCCEEDED);
+    let Addr::Ip(relay) = reply.bnd else {
+        panic!("IP expected")
+    };
+    assert_eq!(relay.ip().to_string(), "192.0.2.7");
+    assert_ne!(relay.port(), 0);
+}
+
+#[tokio::test]
+async fn udp_association_limit_gets_general_failure() {
+    let mut config = test_config();
+    config.limits.max_udp_associations = 1;
+    let server = spawn_server(config).await;
+    let _first = associate(&server, "127.0.0.1:0", None).await;
+    let mut second = RawClient::connect(server.addr).await;
+    second.greet_no_auth().await;
+    second
+        .send(&request(Command::UDP_ASSOCIATE, "0.0.0.0:0"))
+        .await;
+    assert_eq!(second.recv_reply().await.rep, Rep::GENERAL_FAILURE);
+    second.expect_eof().await;
+}
