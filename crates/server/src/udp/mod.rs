@@ -99,11 +99,28 @@ fn new_udp_socket(addr: SocketAddr, dual_stack: bool) -> std::io::Result<Socket>
     if addr.is_ipv6() {
         socket.set_only_v6(!dual_stack)?;
     }
-    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
+    set_buffer_sizes(&socket);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// Asks for [`UDP_SOCKET_BUFFER`] in both directions. The plain options are capped by
+/// `net.core.rmem_max`/`wmem_max` (often 208 KiB); a privileged server uses the `*FORCE`
+/// variants to get the full size, which is what keeps bursts from being dropped.
+fn set_buffer_sizes(socket: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let size = UDP_SOCKET_BUFFER;
+        if setsockopt(socket, sockopt::RcvBufForce, &size).is_ok()
+            && setsockopt(socket, sockopt::SndBufForce, &size).is_ok()
+        {
+            return;
+        }
+    }
+    let _ = socket.set_recv_buffer_size(UDP_SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
 }
 
 fn into_tokio(socket: Socket) -> std::io::Result<UdpSocket> {
