@@ -23,6 +23,19 @@ pub(crate) enum Command {
     /// Run the SOCKS5 server.
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(Box<ServeArgs>),
+    /// Tunnel stdin/stdout to HOST:PORT through a SOCKS5 proxy (CONNECT); works as ssh's
+    /// ProxyCommand.
+    #[command(after_help = crate::cmd::connect::EXAMPLES)]
+    Connect(Box<crate::cmd::connect::ConnectArgs>),
+    /// Have a SOCKS5 proxy accept one connection (BIND): print where, then relay the peer.
+    #[command(after_help = crate::cmd::bind::EXAMPLES)]
+    Bind(Box<crate::cmd::bind::BindArgs>),
+    /// Send stdin lines as datagrams through a SOCKS5 proxy (UDP ASSOCIATE); print replies.
+    #[command(after_help = crate::cmd::udp::EXAMPLES)]
+    Udp(Box<crate::cmd::udp::UdpArgs>),
+    /// Hash a password for the users file (Argon2id, PHC string).
+    #[command(after_help = crate::cmd::passwd::EXAMPLES)]
+    Passwd(crate::cmd::passwd::PasswdArgs),
     /// Check a configuration file and report the first error with its line and column.
     #[command(
         after_help = "Example:\n  ferrosocks check-config /etc/ferrosocks.toml\n\n\
@@ -32,6 +45,9 @@ pub(crate) enum Command {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Load generator: any SOCKS5 server (or none) on loopback; `bench peers` runs
+    /// Dante, microsocks and ferrosocks side by side.
+    Bench(Box<crate::cmd::bench::BenchArgs>),
 }
 
 const SERVE_EXAMPLES: &str = "Examples:

@@ -30,7 +30,12 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => cmd::serve::run(*args).await,
+            Command::Connect(args) => cmd::connect::run(*args).await,
+            Command::Bind(args) => cmd::bind::run(*args).await,
+            Command::Udp(args) => cmd::udp::run(*args).await,
+            Command::Passwd(args) => cmd::passwd::run(&args),
             Command::CheckConfig { file } => cmd::check_config::run(&file),
+            Command::Bench(args) => cmd::bench::run(*args).await,
         }
     })
 }

@@ -1,0 +1,594 @@
+//! `ferrosocks bench peers`: direct, Dante, microsocks and ferrosocks side by side.
+//!
+//! Every proxy runs on loopback pinned to one core (`taskset -c PROXY_CPU`); every
+//! measurement is a fresh `ferrosocks bench SCENARIO` process pinned to the other core,
+//! so the generator is the same program for every contender. Contenders are interleaved
+//! (A B C D A B C D …) case by case, so a slow spell on this shared machine hits all of
+//! them alike, and ratios are taken within one repetition before the median is taken.
+//! Before each idle-memory case the proxy is restarted, so memory kept by its allocator
+//! from earlier cases neither inflates nor hides the growth per tunnel.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use super::report::{self, Row};
+use super::{RunReport, LOOPBACK};
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PeersArgs {
+    /// Repetitions; each runs every contender once per case, interleaved.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) reps: usize,
+    /// A shorter run (about 2 minutes): 1 s per measurement and 3000 idle tunnels.
+    #[arg(long)]
+    pub(crate) quick: bool,
+    /// Time per measurement [default: 3s, 1s with --quick].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub(crate) duration: Option<Duration>,
+    /// Idle tunnels per idle measurement [default: 9000, 3000 with --quick].
+    #[arg(long)]
+    pub(crate) tunnels: Option<usize>,
+    /// Contenders, in the order they run within a repetition.
+    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "dante".into(), "microsocks".into(), "ferrosocks".into()])]
+    pub(crate) contenders: Vec<String>,
+    /// Cases to run: throughput, connrate, latency, udp, idle (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) scenarios: Vec<String>,
+    /// The ferrosocks binary to serve with [default: this executable].
+    #[arg(long)]
+    pub(crate) ferrosocks_bin: Option<PathBuf>,
+    /// Extra argument for `ferrosocks serve` (repeat), e.g. --serve-arg=--relay=copy.
+    #[arg(long, allow_hyphen_values = true)]
+    pub(crate) serve_arg: Vec<String>,
+    /// The Dante server binary.
+    #[arg(long, default_value = "danted")]
+    pub(crate) danted: String,
+    /// The microsocks binary.
+    #[arg(long, default_value = "microsocks")]
+    pub(crate) microsocks: String,
+    /// The core the proxies are pinned to.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) proxy_cpu: usize,
+    /// The core the load generator is pinned to.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) generator_cpu: usize,
+    /// Where the summary and every raw figure go.
+    #[arg(long, default_value = "bench/results/latest.json")]
+    pub(crate) json: PathBuf,
+    /// Where the chart goes.
+    #[arg(long, default_value = "bench/results/latest.svg")]
+    pub(crate) svg: PathBuf,
+}
+
+/// One case: a name and the `ferrosocks bench` arguments that run it.
+struct Case {
+    name: &'static str,
+    scenario: &'static str,
+    args: Vec<String>,
+}
+
+fn cases(a: &PeersArgs, tunnels: usize) -> Vec<Case> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let all = vec![
+        Case {
+            name: "tcp 1 up",
+            scenario: "throughput",
+            args: s(&["throughput", "--streams", "1", "--direction", "up"]),
+        },
+        Case {
+            name: "tcp 1 down",
+            scenario: "throughput",
+            args: s(&["throughput", "--streams", "1", "--direction", "down"]),
+        },
+        Case {
+            name: "tcp 8 up",
+            scenario: "throughput",
+            args: s(&["throughput", "--streams", "8", "--direction", "up"]),
+        },
+        Case {
+            name: "tcp 8 down",
+            scenario: "throughput",
+            args: s(&["throughput", "--streams", "8", "--direction", "down"]),
+        },
+        Case {
+            name: "connrate",
+            scenario: "connrate",
+            args: s(&["connrate", "--workers", "8"]),
+        },
+        Case {
+            name: "latency",
+            scenario: "latency",
+            args: s(&["latency", "--size", "32"]),
+        },
+        Case {
+            name: "udp",
+            scenario: "udp",
+            args: s(&["udp", "--size", "512", "--window", "64"]),
+        },
+        Case {
+            name: "idle",
+            scenario: "idle",
+            args: vec!["idle".into(), "--tunnels".into(), tunnels.to_string()],
+        },
+    ];
+    all.into_iter()
+        .filter(|c| a.scenarios.is_empty() || a.scenarios.iter().any(|s| s == c.scenario))
+        .collect()
+}
+
+/// A proxy this run started; stopped by its own pid.
+struct Proxy {
+    kind: String,
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+pub(crate) async fn run(a: PeersArgs) -> ExitCode {
+    match run_inner(a).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ferrosocks bench peers: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    date: String,
+    machine: BTreeMap<&'static str, String>,
+    command: String,
+    repetitions: usize,
+    seconds_per_measurement: f64,
+    idle_tunnels: usize,
+    proxy_cpu: usize,
+    generator_cpu: usize,
+    contenders: &'a [String],
+    table: String,
+    rows: &'a [Row],
+    /// Every measurement as it came: repetition, case, contender, records or error.
+    raw: &'a [Raw],
+}
+
+#[derive(Serialize)]
+struct Raw {
+    rep: usize,
+    case: String,
+    contender: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<RunReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
+    let duration = a.duration.unwrap_or(if a.quick {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(3)
+    });
+    let tunnels = a.tunnels.unwrap_or(if a.quick { 3000 } else { 9000 });
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    for c in &a.contenders {
+        if !["direct", "dante", "microsocks", "ferrosocks"].contains(&c.as_str()) {
+            bail!("unknown contender {c:?} (direct, dante, microsocks, ferrosocks)");
+        }
+    }
+    let me = std::env::current_exe().context("locating this executable")?;
+    let ferro_bin = a.ferrosocks_bin.clone().unwrap_or_else(|| me.clone());
+    // Children inherit the raised limit: every proxy needs two descriptors per tunnel.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let work = std::env::temp_dir().join(format!("ferrosocks-peers-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let cases = cases(&a, tunnels);
+    println!(
+        "bench peers: {} repetitions x {} cases x {} contenders, {:?} each, {} idle tunnels; \
+         proxies on CPU {}, generator on CPU {}; logs in {}",
+        a.reps,
+        cases.len(),
+        a.contenders.len(),
+        duration,
+        tunnels,
+        a.proxy_cpu,
+        a.generator_cpu,
+        work.display()
+    );
+
+    let mut proxies: BTreeMap<String, Proxy> = BTreeMap::new();
+    let result = async {
+        for c in a.contenders.iter().filter(|c| *c != "direct") {
+            let p = start_proxy(c, &a, &ferro_bin, &work).await?;
+            println!("  {c}: {} (pid {})", p.addr, p.pid);
+            proxies.insert(c.clone(), p);
+        }
+        let mut raw = Vec::new();
+        let started = Instant::now();
+        for rep in 0..a.reps {
+            for case in &cases {
+                let mut line = format!("[{}/{}] {:<10}", rep + 1, a.reps, case.name);
+                for c in &a.contenders {
+                    if case.scenario == "idle" && c != "direct" {
+                        // A fresh process: memory from earlier cases must not count.
+                        if let Some(old) = proxies.remove(c) {
+                            stop_proxy(old).await;
+                        }
+                        let p = start_proxy(c, &a, &ferro_bin, &work).await?;
+                        proxies.insert(c.clone(), p);
+                    }
+                    let proxy = proxies.get(c);
+                    let out = measure(&a, &me, case, proxy, duration, &work).await;
+                    let _ = std::fmt::Write::write_fmt(
+                        &mut line,
+                        format_args!("  {c}: {}", brief(&out)),
+                    );
+                    let (report, error) = match out {
+                        Ok(r) => (Some(r), None),
+                        Err(e) => (None, Some(format!("{e:#}"))),
+                    };
+                    raw.push(Raw {
+                        rep,
+                        case: case.name.to_string(),
+                        contender: c.clone(),
+                        report,
+                        error,
+                    });
+                }
+                println!("{line}");
+            }
+        }
+        println!(
+            "bench peers: measured in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+        anyhow::Ok(raw)
+    }
+    .await;
+    for (_, p) in std::mem::take(&mut proxies) {
+        stop_proxy(p).await;
+    }
+    let raw = result?;
+
+    let rows = summarize(&raw, &cases, &a.contenders, a.reps);
+    let table = report::peers_table(&rows, &a.contenders);
+    println!();
+    print!("{table}");
+    println!(
+        "medians of {} repetitions; X/direct and ferro/X are medians of per-repetition ratios; \
+         n/a = the contender failed or cannot do it (see the JSON for why)",
+        a.reps
+    );
+    let mut ok = true;
+    for r in &raw {
+        if let Some(e) = &r.error {
+            println!("  {} {} rep {}: {e}", r.contender, r.case, r.rep + 1);
+            if r.contender == "direct" || r.contender == "ferrosocks" {
+                ok = false;
+            }
+        }
+    }
+    let machine = machine();
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let summary = Summary {
+        date: date.clone(),
+        machine: machine.clone(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        repetitions: a.reps,
+        seconds_per_measurement: duration.as_secs_f64(),
+        idle_tunnels: tunnels,
+        proxy_cpu: a.proxy_cpu,
+        generator_cpu: a.generator_cpu,
+        contenders: &a.contenders,
+        table: table.clone(),
+        rows: &rows,
+        raw: &raw,
+    };
+    report::write_json(&a.json, &summary)?;
+    let title = format!(
+        "ferrosocks bench peers, {} ({} cores, {}), medians of {} repetitions",
+        &date[..date.len().min(10)],
+        machine.get("cores").map_or("?", |s| s.as_str()),
+        machine.get("cpu").map_or("?", |s| s.as_str()),
+        a.reps
+    );
+    report::chart(&a.svg, &title, &rows, &a.contenders)?;
+    println!("wrote {} and {}", a.json.display(), a.svg.display());
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(ok)
+}
+
+fn brief(out: &anyhow::Result<RunReport>) -> String {
+    match out {
+        Ok(r) => r
+            .records
+            .first()
+            .map(|x| format!("{} {}", report::fmt_value(x.value), x.metric))
+            .unwrap_or_default(),
+        Err(_) => "n/a".into(),
+    }
+}
+
+/// Builds the rows in the order the records first appear; a failed contender gets `None`
+/// for that repetition and its first error.
+fn summarize(raw: &[Raw], cases: &[Case], contenders: &[String], reps: usize) -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut case_rows: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for case in cases {
+        for r in raw.iter().filter(|r| r.case == case.name) {
+            let Some(rep) = &r.report else { continue };
+            for rec in &rep.records {
+                let i = match rows
+                    .iter()
+                    .position(|x| x.case == rec.case && x.metric == rec.metric)
+                {
+                    Some(i) => i,
+                    None => {
+                        let mut row = Row::new(&rec.case, &rec.metric, rec.better);
+                        for c in contenders {
+                            row.reps.insert(c.clone(), vec![None; reps]);
+                        }
+                        rows.push(row);
+                        case_rows.entry(case.name).or_default().push(rows.len() - 1);
+                        rows.len() - 1
+                    }
+                };
+                if let Some(v) = rows[i].reps.get_mut(&r.contender) {
+                    v[r.rep] = Some(rec.value);
+                }
+            }
+        }
+    }
+    for r in raw {
+        if let Some(e) = &r.error {
+            for &i in case_rows.get(r.case.as_str()).into_iter().flatten() {
+                rows[i]
+                    .errors
+                    .entry(r.contender.clone())
+                    .or_insert_with(|| e.clone());
+            }
+        }
+    }
+    for row in &mut rows {
+        row.summarize(contenders);
+    }
+    rows
+}
+
+/// Runs one case in a fresh generator process pinned to the generator core.
+async fn measure(
+    a: &PeersArgs,
+    me: &Path,
+    case: &Case,
+    proxy: Option<&Proxy>,
+    duration: Duration,
+    work: &Path,
+) -> anyhow::Result<RunReport> {
+    let json = work.join("measure.json");
+    let _ = std::fs::remove_file(&json);
+    let mut cmd = Command::new("taskset");
+    cmd.arg("-c")
+        .arg(a.generator_cpu.to_string())
+        .arg(me)
+        .arg("bench")
+        .args(&case.args)
+        .arg("--duration")
+        .arg(format!("{}ms", duration.as_millis()))
+        .arg("--json")
+        .arg(&json)
+        .arg("--quiet");
+    match proxy {
+        None => {
+            cmd.arg("--direct");
+        }
+        Some(p) => {
+            cmd.arg("--proxy").arg(p.addr.to_string());
+            if case.scenario == "idle" {
+                cmd.arg("--proxy-pid").arg(p.pid.to_string());
+            }
+        }
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().context("starting the generator (taskset)")?;
+    // Generous, but a bound: opening idle tunnels may take up to a minute by itself.
+    let limit = duration * 8 + Duration::from_secs(90);
+    let out = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(o) => o?,
+        Err(_) => bail!("the generator did not finish within {limit:?}"),
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let last = err.lines().last().unwrap_or("").trim();
+        bail!(
+            "{}",
+            last.strip_prefix("ferrosocks bench: ").unwrap_or(last)
+        );
+    }
+    let text = std::fs::read_to_string(&json).context("reading the generator's JSON")?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind(LOOPBACK)?;
+    Ok(l.local_addr()?.port())
+}
+
+async fn start_proxy(
+    kind: &str,
+    a: &PeersArgs,
+    ferro_bin: &Path,
+    work: &Path,
+) -> anyhow::Result<Proxy> {
+    let mut last_err = None;
+    // A free port may be taken between the probe and the proxy's bind: try again.
+    for _ in 0..3 {
+        let port = free_port()?;
+        let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+        let log = std::fs::File::create(work.join(format!("{kind}.log")))?;
+        let mut cmd = Command::new("taskset");
+        cmd.arg("-c").arg(a.proxy_cpu.to_string());
+        match kind {
+            "dante" => {
+                let conf = work.join("danted.conf");
+                std::fs::write(&conf, dante_conf(port))?;
+                cmd.arg(&a.danted)
+                    .arg("-f")
+                    .arg(&conf)
+                    .arg("-p")
+                    .arg(work.join("danted.pid"))
+                    .arg("-N")
+                    .arg("1");
+            }
+            "microsocks" => {
+                cmd.arg(&a.microsocks)
+                    .arg("-i")
+                    .arg("127.0.0.1")
+                    .arg("-p")
+                    .arg(port.to_string());
+            }
+            "ferrosocks" => {
+                cmd.arg(ferro_bin)
+                    .arg("serve")
+                    .arg("--listen")
+                    .arg(addr.to_string())
+                    .args(&a.serve_arg);
+            }
+            other => bail!("unknown proxy {other}"),
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd.spawn().with_context(|| format!("starting {kind}"))?;
+        let pid = child.id().context("the proxy exited at once")?;
+        let mut p = Proxy {
+            kind: kind.to_string(),
+            child,
+            pid,
+            addr,
+        };
+        match wait_ready(&mut p).await {
+            Ok(()) => return Ok(p),
+            Err(e) => {
+                last_err = Some(e);
+                stop_proxy(p).await;
+            }
+        }
+    }
+    let log = std::fs::read_to_string(work.join(format!("{kind}.log"))).unwrap_or_default();
+    Err(last_err
+        .unwrap_or_else(|| anyhow::anyhow!("no attempt"))
+        .context(format!(
+            "{kind} did not start; its log ends:\n{}",
+            &log[log.len().saturating_sub(2000)..]
+        )))
+}
+
+/// Waits (15 s at most) until the proxy accepts connections.
+async fn wait_ready(p: &mut Proxy) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = p.child.try_wait() {
+            bail!("{} exited: {status}", p.kind);
+        }
+        if tokio::net::TcpStream::connect(p.addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{} does not accept on {} after 15 s", p.kind, p.addr)
+}
+
+/// SIGTERM by pid (Dante then stops its helpers), SIGKILL after 5 s.
+async fn stop_proxy(mut p: Proxy) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(p.pid.to_string())
+        .status();
+    if tokio::time::timeout(Duration::from_secs(5), p.child.wait())
+        .await
+        .is_err()
+    {
+        let _ = p.child.kill().await;
+    }
+}
+
+/// Dante on loopback. As root it needs both privilege users; `client pass` admits the
+/// TCP connection, `socks pass` the request, and UDP needs `udpassociate` and `udpreply`.
+fn dante_conf(port: u16) -> String {
+    format!(
+        "logoutput: stderr
+internal: 127.0.0.1 port = {port}
+external: 127.0.0.1
+user.privileged: root
+user.unprivileged: nobody
+clientmethod: none
+socksmethod: none
+client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}
+socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect bind udpassociate bindreply udpreply }}
+"
+    )
+}
+
+/// What the chart and JSON say about the machine.
+fn machine() -> BTreeMap<&'static str, String> {
+    let mut m = BTreeMap::new();
+    m.insert(
+        "cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get().to_string())
+            .unwrap_or_default(),
+    );
+    if let Ok(cpu) = std::fs::read_to_string("/proc/cpuinfo") {
+        if let Some(name) = cpu
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+        {
+            m.insert("cpu", name.1.trim().to_string());
+        }
+    }
+    if let Ok(k) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        m.insert("kernel", k.trim().to_string());
+    }
+    if let Ok(mem) = std::fs::read_to_string("/proc/meminfo") {
+        if let Some(l) = mem.lines().find(|l| l.starts_with("MemTotal")) {
+            m.insert(
+                "memory",
+                l.trim_start_matches("MemTotal:").trim().to_string(),
+            );
+        }
+    }
+    if let Ok(out) = std::process::Command::new("dpkg-query")
+        .args([
+            "-W",
+            "-f",
+            "${Package} ${Version}\\n",
+            "dante-server",
+            "microsocks",
+        ])
+        .output()
+    {
+        m.insert(
+            "peers",
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .replace('\n', ", "),
+        );
+    }
+    m
+}

@@ -1,0 +1,182 @@
+//! Every scenario, briefly, straight to the targets and through an in-process ferrosocks.
+//! These check correctness only (counts match, echoes verified, nothing lost at a low
+//! rate); speed is never asserted.
+
+use std::time::Duration;
+
+use ferrosocks_testkit::{spawn_server, test_config, with_deadline};
+
+use super::*;
+
+fn common(proxy: Option<SocketAddr>) -> Common {
+    Common {
+        proxy: proxy.map(|p| p.to_string()),
+        direct: proxy.is_none(),
+        user: None,
+        pass: None,
+        duration: Duration::from_millis(150),
+        timeout: Duration::from_secs(5),
+        pipelined: false,
+        json: None,
+        quiet: true,
+    }
+}
+
+fn value(records: &[Record], metric: &str) -> f64 {
+    records
+        .iter()
+        .find(|r| r.metric == metric)
+        .unwrap_or_else(|| panic!("no {metric} in {records:?}"))
+        .value
+}
+
+async fn every_scenario(proxy: Option<SocketAddr>) {
+    let c = common(proxy);
+    let ctx = Ctx::new(&c).await.unwrap();
+
+    let t = tcp::throughput(
+        ctx.clone(),
+        ThroughputArgs {
+            common: c.clone(),
+            streams: vec![1, 3],
+            direction: vec![Direction::Up, Direction::Down],
+            max_bytes: 1 << 40,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.len(), 4);
+    for r in &t {
+        // upload/download already failed the run if the two ends' counts differed
+        assert!(r.detail["bytes"].as_u64().unwrap() > 0, "{r:?}");
+    }
+
+    // A byte budget smaller than one chunk: exactly that many bytes, both ways.
+    let t = tcp::throughput(
+        ctx.clone(),
+        ThroughputArgs {
+            common: c.clone(),
+            streams: vec![2],
+            direction: vec![Direction::Up, Direction::Down],
+            max_bytes: 1000,
+        },
+    )
+    .await
+    .unwrap();
+    for r in &t {
+        assert_eq!(r.detail["bytes"].as_u64(), Some(2000), "{r:?}");
+    }
+
+    let cr = tcp::connrate(
+        ctx.clone(),
+        ConnrateArgs {
+            common: c.clone(),
+            workers: 4,
+            count: 300,
+        },
+    )
+    .await
+    .unwrap();
+    let sessions = cr[0].detail["sessions"].as_u64().unwrap();
+    assert!(sessions > 0 && sessions <= 300);
+    assert!(value(&cr, "p50 µs") <= value(&cr, "p99 µs"));
+
+    let l = tcp::latency(
+        ctx.clone(),
+        LatencyArgs {
+            common: c.clone(),
+            size: 32,
+            count: 500,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(value(&l, "p50 µs") <= value(&l, "p99 µs"));
+
+    let u = udp::udp(
+        ctx.clone(),
+        UdpArgs {
+            common: c.clone(),
+            size: 512,
+            window: 64,
+            rate: Some(500),
+            count: 50,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(value(&u, "loss %"), 0.0, "{u:?}");
+    assert_eq!(u[0].detail["received"], u[0].detail["sent"]);
+
+    let u = udp::udp(
+        ctx.clone(),
+        UdpArgs {
+            common: c.clone(),
+            size: 100,
+            window: 8,
+            rate: None,
+            count: 2000,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(u[0].detail["received"].as_u64().unwrap() > 0);
+
+    let pid = if proxy.is_some() {
+        vec![std::process::id()]
+    } else {
+        vec![]
+    };
+    let i = tcp::idle(
+        ctx,
+        IdleArgs {
+            common: c,
+            tunnels: 200,
+            proxy_pid: pid.clone(),
+            concurrency: 32,
+            no_ping: false,
+            settle: Duration::from_millis(10),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(value(&i, "opened"), 200.0);
+    assert_eq!(
+        i.iter().any(|r| r.metric == "RSS KiB/tunnel"),
+        !pid.is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_direct() {
+    with_deadline(every_scenario(None)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_through_ferrosocks() {
+    ferrosocks_testkit::raise_fd_limit();
+    let server = spawn_server(test_config()).await;
+    with_deadline(every_scenario(Some(server.addr))).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failure_reply_fails_the_run() {
+    let server = spawn_server(test_config()).await;
+    let ctx = Ctx::new(&common(Some(server.addr))).await.unwrap();
+    // A port nobody listens on: the server answers REP 05 (connection refused).
+    let closed = std::net::TcpListener::bind(LOOPBACK).unwrap();
+    let dst = closed.local_addr().unwrap();
+    drop(closed);
+    let err = with_deadline(ctx.dial(dst)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("REP 0x05"), "{err:#}");
+}
+
+#[test]
+fn proxy_urls() {
+    let (a, c) = parse_proxy("socks5://u:p@127.0.0.1:1080").unwrap();
+    assert_eq!(a, "127.0.0.1:1080".parse().unwrap());
+    assert_eq!(c, Some(("u".into(), "p".into())));
+    assert_eq!(parse_proxy("localhost:9").unwrap().0.port(), 9);
+    assert!(parse_proxy("192.0.2.1:1080").is_err(), "only loopback");
+}
