@@ -47,7 +47,8 @@ pub(crate) async fn handle(
     let listen_ip = expected_ips
         .first()
         .and_then(|ip| local_ip_toward(*ip))
-        .unwrap_or_else(|| conn.local.ip().to_canonical());
+        .map(Ok)
+        .unwrap_or_else(|| conn.local_addr().map(|a| a.ip().to_canonical()))?;
     let listener = TcpListener::bind(SocketAddr::new(listen_ip, 0)).await?;
     let local = listener.local_addr()?;
     let announced = SocketAddr::new(

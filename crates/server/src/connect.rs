@@ -27,10 +27,10 @@ pub(crate) async fn handle(
         .await
         .map_err(|_| SessionError::Timeout(Phase::Connect))??;
     let allowed = shared.allowed_targets(conn, Command::CONNECT, &dst, &candidates)?;
-    let mut target =
+    let (mut target, connected) =
         connect_any(&allowed, deadline.saturating_duration_since(Instant::now())).await?;
     let _ = target.set_nodelay(true);
-    record.resolved = target.peer_addr().ok();
+    record.resolved = Some(connected);
     let bound = target.local_addr()?;
     conn.send_reply(&Reply {
         rep: Rep::SUCCEEDED,

@@ -68,12 +68,12 @@ pub fn classify(error: &io::Error) -> ConnectFailure {
 pub(crate) async fn connect_any(
     addrs: &[SocketAddr],
     timeout: Duration,
-) -> Result<TcpStream, SessionError> {
+) -> Result<(TcpStream, SocketAddr), SessionError> {
     if let [only] = addrs {
         // The common case (an IP target) needs no racing, and no task per attempt.
         return match tokio::time::timeout(timeout, TcpStream::connect(*only)).await {
             Err(_) => Err(SessionError::Timeout(Phase::Connect)),
-            Ok(Ok(stream)) => Ok(stream),
+            Ok(Ok(stream)) => Ok((stream, *only)),
             Ok(Err(source)) => Err(SessionError::ConnectFailed {
                 kind: classify(&source),
                 target: only.to_string(),
@@ -99,7 +99,7 @@ pub(crate) async fn connect_any(
         tokio::select! {
             joined = attempts.join_next() => {
                 match joined {
-                    Some(Ok((_, Ok(stream)))) => return Ok(stream),
+                    Some(Ok((addr, Ok(stream)))) => return Ok((stream, addr)),
                     Some(Ok((addr, Err(e)))) => last_error = Some((addr, e)),
                     // A panicked or cancelled attempt counts as a failure of unknown cause.
                     Some(Err(e)) => last_error = Some((addrs[0], io::Error::other(e))),

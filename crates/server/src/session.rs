@@ -32,13 +32,17 @@ pub(crate) struct Conn {
     /// Bytes to send; replies are gathered here so they leave in one write.
     pub(crate) output: BytesMut,
     pub(crate) client: SocketAddr,
-    /// The address the client reached the server at.
-    pub(crate) local: SocketAddr,
     /// The authenticated user, if any.
     pub(crate) user: Option<String>,
 }
 
 impl Conn {
+    /// The address the client reached the server at (only BIND and UDP need it, so it is
+    /// asked of the kernel only then).
+    pub(crate) fn local_addr(&self) -> Result<SocketAddr, SessionError> {
+        Ok(self.stream.local_addr()?)
+    }
+
     /// Sends everything gathered in the output buffer.
     pub(crate) async fn flush(&mut self) -> Result<(), SessionError> {
         if !self.output.is_empty() {
@@ -78,19 +82,11 @@ pub(crate) async fn run(
     // Latency over throughput for the handshake and for interactive tunnels; bulk
     // transfers fill segments anyway.
     let _ = stream.set_nodelay(true);
-    let local = match stream.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::debug!(error = %e, "connection gone before the session began");
-            return;
-        }
-    };
     let mut conn = Conn {
         stream,
         input: BytesMut::with_capacity(HANDSHAKE_BUFFER),
         output: BytesMut::with_capacity(64),
         client,
-        local,
         user: None,
     };
     let result = drive(&mut conn, &shared, &mut record, handshake_permit).await;

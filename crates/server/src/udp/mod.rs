@@ -55,7 +55,7 @@ pub(crate) async fn handle(
     let client_ip = conn.client.ip().to_canonical();
     // Announce the address the client already reached us at: it is reachable by
     // construction, unlike the wildcard address.
-    let local_ip = conn.local.ip().to_canonical();
+    let local_ip = conn.local_addr()?.ip().to_canonical();
     let client_socket = bind_udp(local_ip, shared.config.udp_port_range.as_ref())?;
     let relay_addr = client_socket.local_addr()?;
     let announced = SocketAddr::new(
