@@ -33,6 +33,9 @@ pub(crate) enum Command {
     /// Send stdin lines as datagrams through a SOCKS5 proxy (UDP ASSOCIATE); print replies.
     #[command(after_help = crate::cmd::udp::EXAMPLES)]
     Udp(Box<crate::cmd::udp::UdpArgs>),
+    /// Report what a SOCKS5 server supports and where it departs from RFC 1928/1929.
+    #[command(after_help = crate::cmd::probe::EXAMPLES)]
+    Probe(Box<crate::cmd::probe::ProbeArgs>),
     /// Hash a password for the users file (Argon2id, PHC string).
     #[command(after_help = crate::cmd::passwd::EXAMPLES)]
     Passwd(crate::cmd::passwd::PasswdArgs),

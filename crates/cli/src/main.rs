@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Command::Connect(args) => cmd::connect::run(*args).await,
             Command::Bind(args) => cmd::bind::run(*args).await,
             Command::Udp(args) => cmd::udp::run(*args).await,
+            Command::Probe(args) => cmd::probe::run(*args).await,
             Command::Passwd(args) => cmd::passwd::run(&args),
             Command::CheckConfig { file } => cmd::check_config::run(&file),
             Command::Bench(args) => cmd::bench::run(*args).await,
