@@ -137,9 +137,12 @@ impl SessionRecord {
     }
 
     fn timestamp(&self) -> String {
+        // Fixed width (milliseconds, UTC) so log lines line up and sort as text.
+        const FORMAT: &[time::format_description::FormatItem<'static>] = time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        );
         let t = time::OffsetDateTime::from(self.start);
-        t.format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| "-".into())
+        t.format(FORMAT).unwrap_or_else(|_| "-".into())
     }
 
     fn command_name(&self) -> String {
