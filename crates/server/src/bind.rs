@@ -32,16 +32,13 @@ pub(crate) async fn handle(
             .await
             .map_err(|_| SessionError::Timeout(Phase::Connect))??,
     };
-    if !expected.is_empty() {
-        shared.allowed_targets(conn, Command::BIND, &dst, &expected)?;
+    // Rules see the expected peer; for an all-zero DST that is the zero address itself.
+    let rule_targets = if expected.is_empty() {
+        vec![SocketAddr::new(IpAddr::from([0, 0, 0, 0]), dst.port())]
     } else {
-        shared.allowed_targets(
-            conn,
-            Command::BIND,
-            &dst,
-            &[SocketAddr::new(dst_ip(&dst), dst.port())],
-        )?;
-    }
+        expected.clone()
+    };
+    shared.allowed_targets(conn, Command::BIND, &dst, &rule_targets)?;
     let expected_ips: Vec<IpAddr> = expected.iter().map(|a| a.ip().to_canonical()).collect();
 
     let listen_ip = expected_ips
@@ -108,12 +105,6 @@ pub(crate) async fn handle(
     record.bytes_down += stats.down;
     record.end = stats.end.describe().into();
     Ok(())
-}
-
-fn dst_ip(dst: &Addr) -> IpAddr {
-    dst.ip_socket_addr()
-        .map(|a| a.ip())
-        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
 /// The local address the kernel would use to reach `peer`: "connecting" a UDP socket only
