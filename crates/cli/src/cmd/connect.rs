@@ -19,7 +19,7 @@ pub(crate) struct ConnectArgs {
 
 pub(crate) const EXAMPLES: &str = "Examples:
   ferrosocks connect --proxy socks5h://127.0.0.1:1080 example.com:80
-  printf 'HEAD / HTTP/1.0\\r\\n\\r\\n' | ferrosocks connect -x socks5://alice:secret@proxy:1080 [2001:db8::1]:80
+  printf 'HEAD / HTTP/1.0\\r\\n\\r\\n' | ferrosocks connect -x socks5://u:p@proxy [2001:db8::1]:80
   ssh -o ProxyCommand='ferrosocks connect --proxy socks5h://127.0.0.1:1080 %h:%p' user@host
 
 stdin goes to the target and the target's bytes to stdout. At stdin's EOF the tunnel is
