@@ -74,6 +74,9 @@ pub enum SessionError {
     /// A deadline passed.
     #[error("timed out during {0:?}")]
     Timeout(Phase),
+    /// A request other than UDP ASSOCIATE on a connection that controls UDP associations.
+    #[error("{0:?} is not accepted on a connection that controls UDP associations")]
+    NotAfterUdpAssociate(ferrosocks_proto::Command),
     /// A limit was reached (UDP associations, ...).
     #[error("limit reached: {0}")]
     LimitReached(&'static str),
@@ -113,6 +116,7 @@ pub fn rep(error: &SessionError) -> Option<Rep> {
         | SessionError::NoAcceptableMethod
         | SessionError::ClientClosed => return None,
         SessionError::RuleDenied { .. } => Rep::CONNECTION_NOT_ALLOWED,
+        SessionError::NotAfterUdpAssociate(_) => Rep::COMMAND_NOT_SUPPORTED,
         SessionError::ResolveFailed { .. } => Rep::HOST_UNREACHABLE,
         SessionError::ConnectFailed { kind, .. } => match kind {
             ConnectFailure::NetworkUnreachable => Rep::NETWORK_UNREACHABLE,

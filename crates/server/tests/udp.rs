@@ -303,3 +303,84 @@ async fn udp_association_limit_gets_general_failure() {
     assert_eq!(second.recv_reply().await.rep, Rep::GENERAL_FAILURE);
     second.expect_eof().await;
 }
+
+#[tokio::test]
+async fn several_udp_associations_share_one_tcp_connection() {
+    let echo = udp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    let first = associate(&server, "127.0.0.1:0", None).await;
+    let mut control = first.control;
+    // Two more requests on the same connection, pipelined in one write; replies come in
+    // request order.
+    let sockets = [
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+    ];
+    let mut both = Vec::new();
+    for s in &sockets {
+        both.extend(request(
+            Command::UDP_ASSOCIATE,
+            &s.local_addr().unwrap().to_string(),
+        ));
+    }
+    control.send(&both).await;
+    let mut channels = vec![(first.socket, first.relay)];
+    for socket in sockets {
+        let reply = control.recv_reply().await;
+        assert_eq!(reply.rep, Rep::SUCCEEDED);
+        let Addr::Ip(relay) = reply.bnd else {
+            panic!("IP expected")
+        };
+        channels.push((socket, relay));
+    }
+    let mut relays: Vec<_> = channels.iter().map(|(_, r)| *r).collect();
+    relays.sort();
+    relays.dedup();
+    assert_eq!(relays.len(), 3, "each association has its own relay socket");
+
+    let mut buf = vec![0u8; 2048];
+    for round in 0..2 {
+        for (i, (socket, relay)) in channels.iter().enumerate() {
+            let payload = format!("channel {i} round {round}");
+            socket
+                .send_to(
+                    &datagram(Frag::STANDALONE, &echo.to_string(), payload.as_bytes()),
+                    relay,
+                )
+                .await
+                .unwrap();
+            let (n, from) = with_deadline(socket.recv_from(&mut buf)).await.unwrap();
+            assert_eq!(from, *relay);
+            let (header, got) = decode_datagram(&buf[..n]).unwrap();
+            assert_eq!(header.dst, Addr::Ip(echo));
+            assert_eq!(got, payload.as_bytes());
+        }
+    }
+
+    // Closing the one TCP connection ends all three.
+    drop(control);
+    let line = server.wait_for_log("control connection closed").await;
+    assert!(line.contains("associations=3"), "{line}");
+    let target = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap().to_string();
+    for (socket, relay) in &channels {
+        let _ = socket
+            .send_to(&datagram(Frag::STANDALONE, &target_addr, b"late"), relay)
+            .await;
+    }
+    assert!(
+        nothing_arrives(&target).await,
+        "an association outlived its TCP connection"
+    );
+}
+
+#[tokio::test]
+async fn connect_request_on_a_udp_control_connection_gets_07_and_close() {
+    let server = spawn_server(test_config()).await;
+    let mut a = associate(&server, "127.0.0.1:0", None).await;
+    a.control
+        .send(&request(Command::CONNECT, "127.0.0.1:9"))
+        .await;
+    assert_eq!(a.control.recv_reply().await.rep, Rep::COMMAND_NOT_SUPPORTED);
+    a.control.expect_eof().await;
+}

@@ -10,9 +10,10 @@ use bytes::BytesMut;
 use ferrosocks_proto::frag::{FragOutcome, Reassembly};
 use ferrosocks_proto::udp::decode_datagram;
 use ferrosocks_proto::{Addr, Command, Encode, UdpHeader};
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::UdpSocket;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::resolve::resolve;
 use crate::rules::{Decision, RuleInput};
@@ -35,6 +36,8 @@ pub(crate) struct Association {
     pub(crate) client_port: Option<u16>,
     pub(crate) client_user: Option<String>,
     pub(crate) shared: Arc<Shared>,
+    /// This association's slot in the server-wide limit, released when it ends.
+    pub(crate) _permit: OwnedSemaphorePermit,
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +50,16 @@ pub(crate) struct UdpStats {
     pub(crate) end: &'static str,
 }
 
+impl UdpStats {
+    pub(crate) fn add(&mut self, other: &UdpStats) {
+        self.bytes_up += other.bytes_up;
+        self.bytes_down += other.bytes_down;
+        self.datagrams_up += other.datagrams_up;
+        self.datagrams_down += other.datagrams_down;
+        self.dropped += other.dropped;
+    }
+}
+
 struct State {
     /// Where replies go: the client's last source address.
     client_addr: Option<SocketAddr>,
@@ -57,7 +70,7 @@ struct State {
 }
 
 impl Association {
-    pub(crate) async fn run(self, control: &mut TcpStream) -> UdpStats {
+    pub(crate) async fn run(self, stop: CancellationToken) -> UdpStats {
         let idle = self.shared.config.timeouts.udp_idle;
         let mut state = State {
             client_addr: self.client_port.map(|p| SocketAddr::new(self.client_ip, p)),
@@ -68,7 +81,6 @@ impl Association {
         };
         let mut from_client = vec![0u8; MAX_DATAGRAM];
         let mut from_target = vec![0u8; HEADROOM + MAX_DATAGRAM];
-        let mut control_buf = [0u8; 256];
         let outbound_v6 = self
             .outbound
             .local_addr()
@@ -86,12 +98,8 @@ impl Association {
                         self.handle_from_target(&mut state, &mut from_target, n, src).await;
                     }
                 }
-                read = control.read(&mut control_buf) => match read {
-                    // The association ends with its TCP connection (RFC 1928 §6).
-                    Ok(0) | Err(_) => break "control connection closed",
-                    // Bytes on the control connection mean nothing here; ignore them.
-                    Ok(_) => {}
-                },
+                // The control connection closed (or the server is stopping).
+                () = stop.cancelled() => break "ended with its TCP connection",
                 () = tokio::time::sleep_until(state.last_activity + idle) => break "idle timeout",
             }
         };

@@ -7,9 +7,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use ferrosocks_proto::{Addr, Command, Rep, Reply};
+use bytes::{Buf, BytesMut};
+use ferrosocks_proto::{
+    Addr, Command, Decode, DecodeError, HandshakeError, ProtocolError, Rep, Reply, Request, Stage,
+};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::access_log::SessionRecord;
 use crate::error::SessionError;
@@ -17,11 +23,19 @@ use crate::rules::{Decision, RuleInput};
 use crate::session::Conn;
 use crate::Shared;
 
-pub(crate) use association::Association;
+use association::{Association, UdpStats};
 
 /// Socket buffers for relay sockets: bursts of datagrams must wait in the kernel rather
 /// than be dropped while the relay task is busy. The kernel caps this at `net.core.rmem_max`.
 const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// How many associations one TCP connection may hold at once. RFC 1928 neither allows nor
+/// forbids more than one; clients that need many channels (a monitoring client with one
+/// stream per camera) would otherwise need a TCP connection each.
+const MAX_ASSOCIATIONS_PER_CONNECTION: usize = 64;
+
+/// Bytes a client may leave on a control connection without completing a request.
+const CONTROL_BUFFER_LIMIT: usize = 1024;
 
 pub(crate) async fn handle(
     conn: &mut Conn,
@@ -39,16 +53,117 @@ pub(crate) async fn handle(
     if let Decision::Deny { rule } = shared.rules().evaluate(&input) {
         return Err(SessionError::RuleDenied { rule });
     }
-    let _permit = shared
+    let stop = CancellationToken::new();
+    let mut running = JoinSet::new();
+    let (first, announced) = open(conn, shared, &dst)?;
+    conn.send_reply(&Reply {
+        rep: Rep::SUCCEEDED,
+        bnd: announced.into(),
+    })
+    .await?;
+    record.rep = Some(Rep::SUCCEEDED);
+    record.resolved = Some(announced);
+    running.spawn(first.run(stop.clone()));
+    let mut opened = 1usize;
+    let mut totals = UdpStats::default();
+    conn.output = BytesMut::new();
+
+    // The TCP connection now controls the associations: it ends them when it closes, and
+    // each further UDP ASSOCIATE request on it opens one more.
+    let outcome = loop {
+        match Request::decode_prefix(&conn.input) {
+            Ok((request, used)) => {
+                conn.input.advance(used);
+                if request.command != Command::UDP_ASSOCIATE {
+                    break Err(SessionError::NotAfterUdpAssociate(request.command));
+                }
+                if running.len() >= MAX_ASSOCIATIONS_PER_CONNECTION {
+                    break Err(SessionError::LimitReached(
+                        "too many UDP associations on one connection",
+                    ));
+                }
+                let (association, announced) = match open(conn, shared, &request.dst) {
+                    Ok(opened) => opened,
+                    Err(e) => break Err(e),
+                };
+                if let Err(e) = conn
+                    .send_reply(&Reply {
+                        rep: Rep::SUCCEEDED,
+                        bnd: announced.into(),
+                    })
+                    .await
+                {
+                    break Err(e);
+                }
+                running.spawn(association.run(stop.clone()));
+                opened += 1;
+                continue;
+            }
+            Err(DecodeError::Incomplete { .. }) if conn.input.len() < CONTROL_BUFFER_LIMIT => {}
+            Err(DecodeError::Incomplete { .. }) => {
+                break Err(SessionError::Protocol(HandshakeError {
+                    stage: Stage::Request,
+                    error: ProtocolError::TrailingData(conn.input.len()),
+                }))
+            }
+            Err(DecodeError::Invalid(error)) => {
+                break Err(SessionError::Protocol(HandshakeError {
+                    stage: Stage::Request,
+                    error,
+                }))
+            }
+        }
+        tokio::select! {
+            read = conn.stream.read_buf(&mut conn.input) => match read {
+                // The associations end with their TCP connection (RFC 1928 §6).
+                Ok(0) | Err(_) => break Ok("control connection closed"),
+                Ok(_) => {}
+            },
+            Some(finished) = running.join_next() => {
+                if let Ok(stats) = finished {
+                    totals.add(&stats);
+                }
+                if running.is_empty() {
+                    // Every association went idle: the connection has nothing left to control.
+                    break Ok("idle timeout");
+                }
+            }
+        }
+    };
+    stop.cancel();
+    while let Some(finished) = running.join_next().await {
+        if let Ok(stats) = finished {
+            totals.add(&stats);
+        }
+    }
+    record.bytes_up = totals.bytes_up;
+    record.bytes_down = totals.bytes_down;
+    let end = match &outcome {
+        Ok(end) => end.to_string(),
+        Err(e) => e.to_string(),
+    };
+    record.end = format!(
+        "{end}; associations={opened} datagrams up={} down={} dropped={}",
+        totals.datagrams_up, totals.datagrams_down, totals.dropped
+    );
+    outcome.map(|_| ())
+}
+/// Opens one association for a request whose DST is `dst`: takes a slot from the global
+/// limit, binds the relay sockets, and returns it with the address to announce.
+fn open(
+    conn: &Conn,
+    shared: &Arc<Shared>,
+    dst: &Addr,
+) -> Result<(Association, SocketAddr), SessionError> {
+    let permit = shared
         .udp_associations
         .clone()
         .try_acquire_owned()
         .map_err(|_| SessionError::LimitReached("too many UDP associations"))?;
-
     // The request's DST is only a hint of where the client will send from. A port is kept
     // when given; a zero address, a zero port or a domain name (PySocks sends "0") all mean
     // "any port from the client's IP".
-    let client_port = match &dst {
+    let client_port = match dst {
         Addr::Ip(sa) if sa.port() != 0 => Some(sa.port()),
         _ => None,
     };
@@ -63,16 +178,7 @@ pub(crate) async fn handle(
         relay_addr.port(),
     );
     let outbound = bind_outbound()?;
-
-    conn.send_reply(&Reply {
-        rep: Rep::SUCCEEDED,
-        bnd: announced.into(),
-    })
-    .await?;
-    record.rep = Some(Rep::SUCCEEDED);
-    record.resolved = Some(announced);
     tracing::debug!(%announced, %client_ip, ?client_port, "UDP association open");
-
     let association = Association {
         client_socket,
         outbound,
@@ -80,18 +186,9 @@ pub(crate) async fn handle(
         client_port,
         client_user: conn.user.clone(),
         shared: shared.clone(),
+        _permit: permit,
     };
-    // Anything the client sent on the control connection after the request is meaningless
-    // to UDP ASSOCIATE; it is discarded.
-    drop(conn.take_leftover());
-    let stats = association.run(&mut conn.stream).await;
-    record.bytes_up = stats.bytes_up;
-    record.bytes_down = stats.bytes_down;
-    record.end = format!(
-        "{}; datagrams up={} down={} dropped={}",
-        stats.end, stats.datagrams_up, stats.datagrams_down, stats.dropped
-    );
-    Ok(())
+    Ok((association, announced))
 }
 
 fn new_udp_socket(addr: SocketAddr, dual_stack: bool) -> std::io::Result<Socket> {
