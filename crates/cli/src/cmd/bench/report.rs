@@ -442,7 +442,14 @@ where
         let color = color_of(who, contenders);
         let x0 = |gi: usize| gi as f64 + 0.1 + si as f64 * slot;
         let bars = vals.iter().enumerate().filter_map(|(gi, v)| {
-            v.map(|v| Rectangle::new([(x0(gi), 0.0), (x0(gi) + slot * 0.9, v)], color.filled()))
+            // A negative figure (memory freed by others meanwhile) is printed, not drawn
+            // into the label band.
+            v.map(|v| {
+                Rectangle::new(
+                    [(x0(gi), 0.0), (x0(gi) + slot * 0.9, v.max(0.0))],
+                    color.filled(),
+                )
+            })
         });
         chart
             .draw_series(bars)?
@@ -450,7 +457,7 @@ where
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         let texts = vals.iter().enumerate().map(|(gi, v)| {
             let (t, y) = match v {
-                Some(v) => (fmt_value(*v), *v),
+                Some(v) => (fmt_value(*v), v.max(0.0)),
                 None => ("n/a".to_string(), 0.0),
             };
             Text::new(
