@@ -15,5 +15,7 @@ mod connect;
 mod errors;
 /// End to end against the real in-process server (testkit): every command once.
 mod real_server;
+/// Against Dante and microsocks, started on loopback (testkit::daemons).
+mod third_party;
 /// UDP ASSOCIATE through a fake relay, and the association's tie to its control connection.
 mod udp;

@@ -1,6 +1,9 @@
 //! Shared helpers for ferrosocks tests: an in-process server on `127.0.0.1:0`, loopback
 //! echo servers, a raw-byte client, and a deadline so no test can hang.
 
+/// Dante and microsocks started on loopback, for interop tests.
+pub mod daemons;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
