@@ -24,6 +24,9 @@ pub(crate) struct BindArgs {
     /// Give up if no peer connects within this time (default: as long as the proxy waits).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub(crate) accept_timeout: Option<Duration>,
+    /// At stdin's EOF send nothing, and end when the peer closes (see `connect --help`).
+    #[arg(long)]
+    pub(crate) no_half_close: bool,
 }
 
 pub(crate) const EXAMPLES: &str = "Examples:
@@ -54,7 +57,7 @@ pub(crate) async fn run(args: BindArgs) -> ExitCode {
         Err(e) => return fail("bind", "waiting for the peer", &e),
     };
     announce(args.json, "peer", &peer);
-    match relay_stdio(stream).await {
+    match relay_stdio(stream, !args.no_half_close).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferrosocks bind: tunnel to {peer}: {e}");

@@ -15,6 +15,10 @@ pub(crate) struct ConnectArgs {
     /// The target: IPv4:PORT, [IPv6]:PORT or NAME:PORT.
     #[arg(value_name = "HOST:PORT", value_parser = super::tunnel::parse_target)]
     pub(crate) target: Addr,
+    /// At stdin's EOF send nothing, and end when the target closes. For proxies that
+    /// drop the whole tunnel when the client half-closes (microsocks).
+    #[arg(long)]
+    pub(crate) no_half_close: bool,
 }
 
 pub(crate) const EXAMPLES: &str = "Examples:
@@ -25,6 +29,8 @@ pub(crate) const EXAMPLES: &str = "Examples:
 stdin goes to the target and the target's bytes to stdout. At stdin's EOF the tunnel is
 half-closed (the target sees EOF) and the answer is still read to its end; the command
 exits once the target has closed and stdin is done (or the target no longer takes data).
+Some proxies (microsocks) close the whole tunnel when the client half-closes, losing the
+answer; --no-half-close keeps the tunnel open after stdin's EOF until the target closes.
 
 Exit codes: 0 the tunnel ran and ended normally; 1 the proxy or the network failed (the
 message names the REP code and its meaning when the proxy refused, e.g. \"connection
@@ -37,7 +43,7 @@ pub(crate) async fn run(args: ConnectArgs) -> ExitCode {
             Ok(s) => s,
             Err(e) => return fail("connect", &format!("CONNECT to {}", args.target), &e),
         };
-    match relay_stdio(stream).await {
+    match relay_stdio(stream, !args.no_half_close).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferrosocks connect: tunnel to {}: {e}", args.target);

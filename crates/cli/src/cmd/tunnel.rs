@@ -75,7 +75,14 @@ pub(crate) fn fail(command: &str, what: &str, error: &Error) -> ExitCode {
 ///
 /// stdin is read on a plain thread: a read blocked on a terminal or an idle pipe would
 /// otherwise hold up the runtime's shutdown when the tunnel ends first.
-pub(crate) async fn relay_stdio(stream: Socks5Stream<TcpStream>) -> io::Result<()> {
+///
+/// With `half_close` false, stdin's EOF sends nothing and the relay ends at the tunnel's
+/// EOF: for proxies that tear the whole tunnel down when the client half-closes
+/// (microsocks does), at the cost of a target that waits for EOF never answering.
+pub(crate) async fn relay_stdio(
+    stream: Socks5Stream<TcpStream>,
+    half_close: bool,
+) -> io::Result<()> {
     let (tcp, buffered) = stream.into_inner();
     let _ = tcp.set_nodelay(true);
     let (mut from_tunnel, mut to_tunnel) = tcp.into_split();
@@ -85,7 +92,13 @@ pub(crate) async fn relay_stdio(stream: Socks5Stream<TcpStream>) -> io::Result<(
         while let Some(chunk) = stdin.recv().await {
             to_tunnel.write_all(&chunk?).await?;
         }
-        to_tunnel.shutdown().await
+        if half_close {
+            to_tunnel.shutdown().await?;
+            Ok(None)
+        } else {
+            // Dropping the write half would send FIN too; keep it until the end.
+            Ok(Some(to_tunnel))
+        }
     };
     let down = async move {
         let mut stdout = tokio::io::stdout();
@@ -104,14 +117,18 @@ pub(crate) async fn relay_stdio(stream: Socks5Stream<TcpStream>) -> io::Result<(
     };
     tokio::pin!(up, down);
 
+    let mut kept_open = None;
     let mut up_done = false;
     let mut down_done = false;
     while !(up_done && down_done) {
+        if down_done && kept_open.is_some() {
+            break;
+        }
         tokio::select! {
             result = &mut up, if !up_done => {
                 up_done = true;
                 match result {
-                    Ok(()) => {}
+                    Ok(half) => kept_open = half,
                     // The peer closed before we were done sending. If it closed in error,
                     // the read side reports that.
                     Err(e) if peer_gone(&e) => {}
@@ -128,6 +145,7 @@ pub(crate) async fn relay_stdio(stream: Socks5Stream<TcpStream>) -> io::Result<(
             }
         }
     }
+    drop(kept_open);
     Ok(())
 }
 
