@@ -479,3 +479,41 @@ async fn microsocks_with_password_report_matches() {
     ]);
     assert_findings("microsocks (user/pass)", &got, &want, &raw);
 }
+
+/// A listener that accepts and never says a word: every wait is bounded, the probe still
+/// exits 0 (it ran), the method checks fail with the timeout, and the session checks are
+/// not retried one timeout after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_server_is_reported_within_bounded_time() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let url = format!("socks5://{addr}");
+    let started = Instant::now();
+    let (got, raw) = probe_json(&url, &["--timeout", "1s", "--close-wait", "1s"]).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}\n{raw}");
+    assert_eq!(got["methods.no_auth"].0, "fail", "{raw}");
+    assert!(
+        got["methods.no_auth"]
+            .2
+            .contains("no method selection within 1s"),
+        "{raw}"
+    );
+    assert_eq!(got["malformed.version"].0, "fail", "{raw}");
+    assert_eq!(got["malformed.version"].1, "stays open", "{raw}");
+    for id in [
+        "connect.ipv4",
+        "bind.announce",
+        "udp.associate",
+        "pipelining",
+    ] {
+        assert_eq!(got[id].0, "n/a", "{id}\n{raw}");
+    }
+    holder.abort();
+}

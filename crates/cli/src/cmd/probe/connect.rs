@@ -15,9 +15,11 @@ use super::wire::{self, hex, rep_name, Afterwards, Conn, HandshakeFailure, Setti
 use super::{payload, Plan};
 
 /// A check that needed a working session but could not get one: "n/a" when the server
-/// simply will not let this client in (wrong or missing credentials), "fail" otherwise.
+/// simply will not let this client in (wrong or missing credentials) or when a plain
+/// session already failed, "fail" otherwise.
 pub(crate) fn session_failed(b: CheckBuilder, f: &HandshakeFailure) -> Check {
     match f {
+        HandshakeFailure::Skipped(_) => b.na(f.to_string()),
         HandshakeFailure::NoAcceptable(_) | HandshakeFailure::AuthRejected(_) => {
             b.na(format!("no session: {f}"))
         }

@@ -32,7 +32,7 @@ use ferrosocks_proto::{Addr, Method, Password, UserPassRequest};
 
 use ferrosocks_client::ProxyUrl;
 use report::Report;
-use wire::{secs, Settings};
+use wire::{secs, HandshakeFailure, Settings};
 
 /// Arguments of `ferrosocks probe`.
 #[derive(Debug, clap::Args)]
@@ -85,6 +85,9 @@ pub(crate) struct Plan {
     pub(crate) same_host: bool,
     /// The method the server picks for a normal session, if any.
     pub(crate) session_method: Option<Method>,
+    /// Why a normal session could not be negotiated, when the server timed out or broke
+    /// the protocol (not when it merely wants other credentials).
+    pub(crate) broken: Option<String>,
 }
 
 /// A payload that names its check and this run, so nothing stray is mistaken for it.
@@ -131,11 +134,12 @@ pub(crate) async fn run(args: ProbeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let settings = Settings {
+    let mut settings = Settings {
         proxy,
         credentials,
         step: args.timeout,
         close_wait: args.close_wait,
+        broken: None,
     };
 
     // Reachability decides exit code 1; after this, whatever happens is a finding.
@@ -147,6 +151,7 @@ pub(crate) async fn run(args: ProbeArgs) -> ExitCode {
         }
     };
     let plan = plan(&settings, local).await;
+    settings.broken = plan.broken.clone();
     tracing::debug!(?plan, "probe plan");
 
     let mut checks = Vec::new();
@@ -207,11 +212,18 @@ async fn plan(s: &Settings, local: Option<SocketAddr>) -> Plan {
             None => (None, None),
         }
     };
-    let session_method = wire::authenticated(s).await.ok().map(|(_, m)| m);
+    let (session_method, broken) = match wire::authenticated(s).await {
+        Ok((_, m)) => (Some(m), None),
+        Err(f @ (HandshakeFailure::Wire(_) | HandshakeFailure::Unexpected(_))) => {
+            (None, Some(f.to_string()))
+        }
+        Err(_) => (None, None),
+    };
     Plan {
         v4,
         v6,
         same_host,
         session_method,
+        broken,
     }
 }

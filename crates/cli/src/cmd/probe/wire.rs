@@ -141,6 +141,10 @@ pub(crate) struct Settings {
     pub(crate) step: Duration,
     /// How long to watch for a close after a failure.
     pub(crate) close_wait: Duration,
+    /// Set when a first, plain session could not even be negotiated because of a
+    /// timeout or a protocol error: later sessions would only wait for the same failure
+    /// again, so they give up at once with this reason.
+    pub(crate) broken: Option<String>,
 }
 
 impl Settings {
@@ -318,6 +322,8 @@ pub(crate) enum HandshakeFailure {
     Unexpected(Method),
     /// RFC 1929 status other than 0.
     AuthRejected(u8),
+    /// Not tried: the first session already failed this way ([`Settings::broken`]).
+    Skipped(String),
 }
 
 impl fmt::Display for HandshakeFailure {
@@ -339,6 +345,9 @@ impl fmt::Display for HandshakeFailure {
             }
             HandshakeFailure::AuthRejected(s) => {
                 write!(f, "username/password rejected (status {s:02x})")
+            }
+            HandshakeFailure::Skipped(why) => {
+                write!(f, "not tried: a plain session already failed: {why}")
             }
         }
     }
@@ -376,6 +385,9 @@ pub(crate) fn rep_name(rep: Rep) -> String {
 
 /// Opens a connection and negotiates a method (and authenticates), ready for a request.
 pub(crate) async fn authenticated(s: &Settings) -> Result<(Conn, Method), HandshakeFailure> {
+    if let Some(why) = &s.broken {
+        return Err(HandshakeFailure::Skipped(why.clone()));
+    }
     let mut conn = Conn::open(s).await?;
     let offered = s.session_methods();
     conn.send_msg(&Greeting {
