@@ -44,8 +44,8 @@ pub(crate) struct ProbeArgs {
     /// Username for RFC 1929 (overrides one in the URL); enables the auth.* checks.
     #[arg(long, value_name = "U", requires = "pass")]
     pub(crate) user: Option<String>,
-    /// Password for RFC 1929 (visible to other local users in the process list; prefer
-    /// the URL form in a file-backed variable if that matters).
+    /// Password for RFC 1929. Like a password in the URL, it shows in the process list:
+    /// use a throwaway account on shared machines.
     #[arg(long, value_name = "P", requires = "user")]
     pub(crate) pass: Option<String>,
     /// Print the report as JSON instead of a table.
