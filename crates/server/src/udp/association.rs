@@ -24,6 +24,8 @@ use crate::Shared;
 const HEADROOM: usize = 22;
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams handled per wake-up and direction before the other direction gets a turn.
+const BATCH: usize = 64;
 /// How long a resolved destination name is reused.
 const NAME_CACHE_TTL: Duration = Duration::from_secs(30);
 /// How many names one association keeps resolved.
@@ -86,21 +88,51 @@ impl Association {
             .local_addr()
             .map(|a| a.is_ipv6())
             .unwrap_or(false);
+        // One timer for the whole association, re-armed only when it fires early: creating a
+        // timer per datagram costs more than relaying the datagram.
+        let idle_timer = tokio::time::sleep_until(state.last_activity + idle);
+        tokio::pin!(idle_timer);
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         state.stats.end = loop {
             tokio::select! {
-                received = self.client_socket.recv_from(&mut from_client) => {
-                    if let Ok((n, src)) = received {
-                        self.handle_from_client(&mut state, &from_client[..n], src, outbound_v6).await;
+                ready = self.client_socket.readable() => {
+                    if ready.is_err() {
+                        break "relay socket failed";
+                    }
+                    // Drain what is queued (bounded, so the other direction gets its turn)
+                    // for one wake-up instead of one per datagram.
+                    for _ in 0..BATCH {
+                        match self.client_socket.try_recv_from(&mut from_client) {
+                            Ok((n, src)) => {
+                                self.handle_from_client(&mut state, &from_client[..n], src, outbound_v6).await;
+                            }
+                            Err(_) => break,
+                        }
                     }
                 }
-                received = self.outbound.recv_from(&mut from_target[HEADROOM..]) => {
-                    if let Ok((n, src)) = received {
-                        self.handle_from_target(&mut state, &mut from_target, n, src).await;
+                ready = self.outbound.readable() => {
+                    if ready.is_err() {
+                        break "relay socket failed";
+                    }
+                    for _ in 0..BATCH {
+                        match self.outbound.try_recv_from(&mut from_target[HEADROOM..]) {
+                            Ok((n, src)) => {
+                                self.handle_from_target(&mut state, &mut from_target, n, src).await;
+                            }
+                            Err(_) => break,
+                        }
                     }
                 }
                 // The control connection closed (or the server is stopping).
-                () = stop.cancelled() => break "ended with its TCP connection",
-                () = tokio::time::sleep_until(state.last_activity + idle) => break "idle timeout",
+                () = &mut stopped => break "ended with its TCP connection",
+                () = &mut idle_timer => {
+                    let deadline = state.last_activity + idle;
+                    if deadline <= Instant::now() {
+                        break "idle timeout";
+                    }
+                    idle_timer.as_mut().reset(deadline);
+                }
             }
         };
         state.stats
