@@ -195,15 +195,19 @@ async fn resolve(addr: &Addr, timeout: Duration) -> Result<SocketAddr, String> {
 /// addresses) reaches the loopback targets; a remote one only this host's address in the
 /// family it was reached with.
 async fn plan(s: &Settings, local: Option<SocketAddr>) -> Plan {
-    let same_host = s.proxy.ip().is_loopback()
-        || std::net::TcpListener::bind(SocketAddr::new(s.proxy.ip(), 0)).is_ok();
-    let bindable = |ip: IpAddr| std::net::TcpListener::bind(SocketAddr::new(ip, 0)).is_ok();
+    // Binding an address works (or finds it busy) only where it is this host's own.
+    let is_local = |ip: IpAddr| match std::net::TcpListener::bind(SocketAddr::new(ip, 0)) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::AddrInUse,
+    };
+    let same_host = s.proxy.ip().is_loopback() || is_local(s.proxy.ip());
     let (v4, v6) = if same_host {
-        let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // Loopback always has 127.0.0.1; [::1] only where IPv6 is on. "In use" (ephemeral
+        // ports exhausted for a moment) still proves the address exists.
         let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
         (
-            Some(v4).filter(|ip| bindable(*ip)),
-            Some(v6).filter(|ip| bindable(*ip)),
+            Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            Some(v6).filter(|ip| is_local(*ip)),
         )
     } else {
         match local.map(|a| a.ip()) {

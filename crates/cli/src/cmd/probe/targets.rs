@@ -19,7 +19,7 @@ pub(crate) struct TcpEcho {
 impl TcpEcho {
     /// An echo on `ip`, any free port.
     pub(crate) async fn start(ip: IpAddr) -> io::Result<TcpEcho> {
-        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
+        let listener = retry_in_use(|| TcpListener::bind(SocketAddr::new(ip, 0))).await?;
         Ok(Self::serve(vec![listener]))
     }
 
@@ -28,7 +28,7 @@ impl TcpEcho {
     pub(crate) async fn start_localhost() -> io::Result<TcpEcho> {
         let mut last = None;
         for _ in 0..20 {
-            let v4 = TcpListener::bind(("127.0.0.1", 0)).await?;
+            let v4 = retry_in_use(|| TcpListener::bind(("127.0.0.1", 0))).await?;
             let port = v4.local_addr()?.port();
             match TcpListener::bind(("::1", port)).await {
                 Ok(v6) => return Ok(Self::serve(vec![v4, v6])),
@@ -104,7 +104,7 @@ pub(crate) struct UdpEcho {
 
 impl UdpEcho {
     pub(crate) async fn start(ip: IpAddr) -> io::Result<UdpEcho> {
-        let socket = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        let socket = retry_in_use(|| UdpSocket::bind(SocketAddr::new(ip, 0))).await?;
         let addr = socket.local_addr()?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
@@ -137,6 +137,26 @@ impl UdpEcho {
 impl Drop for UdpEcho {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Binding port 0 fails with "address in use" while the ephemeral ports are exhausted
+/// (a load test next door leaves thousands in TIME_WAIT); that passes, so try again for a
+/// second before giving up.
+async fn retry_in_use<T, F, Fut>(mut bind: F) -> io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match bind().await {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
     }
 }
 
