@@ -583,6 +583,8 @@ pub(crate) struct Targets {
     pub(crate) source: SocketAddr,
     /// Echoes everything back, with a 16 KiB buffer.
     pub(crate) echo: SocketAddr,
+    /// Echoes 32 bytes once, then closes.
+    pub(crate) echo_once: SocketAddr,
     /// Echoes with a 64-byte buffer allocated only while data is pending, so thousands of
     /// idle tunnels cost this process almost nothing beyond its sockets.
     pub(crate) idle_echo: SocketAddr,
@@ -599,12 +601,14 @@ impl Targets {
         let sink = TcpListener::bind(LOOPBACK).await?;
         let source = TcpListener::bind(LOOPBACK).await?;
         let echo = TcpListener::bind(LOOPBACK).await?;
+        let echo_once = TcpListener::bind(LOOPBACK).await?;
         let idle_echo = TcpListener::bind(LOOPBACK).await?;
         let udp_echo = UdpSocket::bind(LOOPBACK).await?;
         let t = Targets {
             sink: sink.local_addr()?,
             source: source.local_addr()?,
             echo: echo.local_addr()?,
+            echo_once: echo_once.local_addr()?,
             idle_echo: idle_echo.local_addr()?,
             udp_echo: udp_echo.local_addr()?,
             registry: registry.clone(),
@@ -615,6 +619,7 @@ impl Targets {
             tcp::source(s, registry.clone())
         }));
         tokio::spawn(accept_loop(echo, tcp::echo));
+        tokio::spawn(accept_loop(echo_once, tcp::echo_once));
         tokio::spawn(accept_loop(idle_echo, tcp::idle_echo));
         tokio::spawn(udp::echo(udp_echo));
         Ok(t)

@@ -88,8 +88,28 @@ pub(super) async fn echo(mut s: TcpStream) {
     let _ = w.shutdown().await;
 }
 
+/// Echo target for `connrate`: one 32-byte echo, then this side closes first. The side
+/// that closes first keeps the TIME_WAIT state; here that is a socket on the target's
+/// fixed port, so tens of thousands of sessions do not use up the machine's ephemeral
+/// ports (a proxy that binds its outgoing sockets, like Dante, would then fail with
+/// "network unreachable" in the next case, whichever proxy caused it).
+pub(super) async fn echo_once(mut s: TcpStream) {
+    let mut b = [0u8; SESSION_PAYLOAD];
+    if s.read_exact(&mut b).await.is_err() {
+        return;
+    }
+    if s.write_all(&b).await.is_err() {
+        return;
+    }
+    let _ = s.shutdown().await;
+}
+
+/// Bytes echoed once per `connrate` session.
+const SESSION_PAYLOAD: usize = 32;
+
 /// Echo target for `idle`: no buffer is held while the connection waits, so ten thousand
-/// idle tunnels cost this process little beyond their sockets.
+/// idle tunnels cost this process little beyond their sockets. A `q` asks it to close
+/// first (see [`echo_once`] for why this side should).
 pub(super) async fn idle_echo(mut s: TcpStream) {
     loop {
         if s.readable().await.is_err() {
@@ -98,6 +118,10 @@ pub(super) async fn idle_echo(mut s: TcpStream) {
         let mut b = [0u8; 64];
         match s.try_read(&mut b) {
             Ok(0) => return,
+            Ok(n) if b[..n].contains(&b'q') => {
+                let _ = s.shutdown().await;
+                return;
+            }
             Ok(n) => {
                 if s.write_all(&b[..n]).await.is_err() {
                     return;
@@ -325,15 +349,25 @@ pub(super) async fn connrate(ctx: Ctx, a: ConnrateArgs) -> anyhow::Result<Vec<Re
     ])
 }
 
-/// One whole session: connect, handshake, 32-byte echo (checked), close.
+/// One whole session: connect, handshake, 32-byte echo (checked), close (the target
+/// closes first, the client sees EOF and closes).
 async fn session(ctx: &Ctx, n: u64) -> anyhow::Result<()> {
-    let mut s = ctx.dial(ctx.targets.echo).await?;
-    let payload = numbered(n, 32);
+    let mut s = ctx.dial(ctx.targets.echo_once).await?;
+    let payload = numbered(n, SESSION_PAYLOAD);
     bounded(ctx.timeout, "writing the payload", s.write_all(&payload)).await?;
-    let mut back = [0u8; 32];
-    bounded(ctx.timeout, "reading the echo", s.read_exact(&mut back)).await?;
-    if back[..] != payload[..] {
+    let mut back = [0u8; SESSION_PAYLOAD + 1];
+    bounded(
+        ctx.timeout,
+        "reading the echo",
+        s.read_exact(&mut back[..SESSION_PAYLOAD]),
+    )
+    .await?;
+    if back[..SESSION_PAYLOAD] != payload[..] {
         bail!("the echo differs from what was sent");
+    }
+    let extra = bounded(ctx.timeout, "waiting for the close", s.read(&mut back)).await?;
+    if extra != 0 {
+        bail!("bytes after the echo");
     }
     Ok(())
 }
@@ -445,7 +479,25 @@ pub(super) async fn idle(ctx: Ctx, a: IdleArgs) -> anyhow::Result<Vec<Record>> {
     tokio::time::sleep(a.settle).await;
     let after = MemSnapshot::take(&a.proxy_pid)?;
     let opened = open.len();
-    drop(open);
+    // The targets close first, so the TIME_WAIT states stay off the ephemeral ports.
+    let mut closes = JoinSet::new();
+    for mut s in open {
+        let t = ctx.timeout;
+        closes.spawn(async move {
+            bounded(t, "idle: asking to close", s.write_all(b"q")).await?;
+            let mut b = [0u8; 1];
+            bounded(t, "idle: waiting for the close", s.read(&mut b)).await
+        });
+    }
+    let mut unclean = 0usize;
+    while let Some(r) = closes.join_next().await {
+        if !matches!(r, Ok(Ok(0))) {
+            unclean += 1;
+        }
+    }
+    if unclean > 0 {
+        eprintln!("bench idle: {unclean} tunnels did not close cleanly");
+    }
     if let Some(e) = &first_error {
         eprintln!("bench idle: {failures} tunnels failed; the first: {e}");
     }
