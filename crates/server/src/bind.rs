@@ -6,15 +6,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ferrosocks_proto::{Addr, Command, Rep, Reply};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::access_log::SessionRecord;
 use crate::error::{Phase, SessionError};
-use crate::relay::relay;
 use crate::resolve::resolve;
-use crate::session::Conn;
+use crate::session::{run_tunnel, Conn};
 use crate::Shared;
 
 pub(crate) async fn handle(
@@ -84,26 +82,7 @@ pub(crate) async fn handle(
     })
     .await?;
 
-    let leftover = conn.take_leftover();
-    if !leftover.is_empty() {
-        if peer.write_all(&leftover).await.is_err() {
-            record.end = "peer closed before the pipelined payload was delivered".into();
-            return Ok(());
-        }
-        record.bytes_up += leftover.len() as u64;
-    }
-    drop(leftover);
-    let stats = relay(
-        &conn.stream,
-        &peer,
-        shared.config.timeouts.idle,
-        shared.config.relay_mode,
-        &shared.pipes,
-    )
-    .await;
-    record.bytes_up += stats.up;
-    record.bytes_down += stats.down;
-    record.end = stats.end.describe().into();
+    run_tunnel(conn, &mut peer, shared, record).await;
     Ok(())
 }
 

@@ -4,15 +4,13 @@
 use std::sync::Arc;
 
 use ferrosocks_proto::{Addr, Command, Rep, Reply};
-use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use crate::access_log::SessionRecord;
 use crate::error::{Phase, SessionError};
-use crate::relay::relay;
 use crate::resolve::{connect_any, resolve};
 use crate::rules::{Decision, RuleInput};
-use crate::session::Conn;
+use crate::session::{run_tunnel, Conn};
 use crate::Shared;
 
 pub(crate) async fn handle(
@@ -39,26 +37,7 @@ pub(crate) async fn handle(
     .await?;
     record.rep = Some(Rep::SUCCEEDED);
 
-    let leftover = conn.take_leftover();
-    if !leftover.is_empty() {
-        if target.write_all(&leftover).await.is_err() {
-            record.end = "target closed before the pipelined payload was delivered".into();
-            return Ok(());
-        }
-        record.bytes_up += leftover.len() as u64;
-    }
-    drop(leftover);
-    let stats = relay(
-        &conn.stream,
-        &target,
-        shared.config.timeouts.idle,
-        shared.config.relay_mode,
-        &shared.pipes,
-    )
-    .await;
-    record.bytes_up += stats.up;
-    record.bytes_down += stats.down;
-    record.end = stats.end.describe().into();
+    run_tunnel(conn, &mut target, shared, record).await;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::access_log::SessionRecord;
 use crate::error::{rep, Phase, SessionError};
+use crate::relay::relay;
 use crate::{bind, connect, udp, Shared};
 
 /// The largest handshake message (a request with a 255-byte name) is 262 bytes, and a
@@ -67,6 +68,37 @@ impl Conn {
         self.output = BytesMut::new();
         std::mem::take(&mut self.input)
     }
+}
+
+/// The tunnel phase of CONNECT and BIND: the client's pipelined payload goes to the far
+/// end first, then both directions are relayed until they close; the record gets the byte
+/// counts and how it ended.
+pub(crate) async fn run_tunnel(
+    conn: &mut Conn,
+    far: &mut TcpStream,
+    shared: &Shared,
+    record: &mut SessionRecord,
+) {
+    let leftover = conn.take_leftover();
+    if !leftover.is_empty() {
+        if far.write_all(&leftover).await.is_err() {
+            record.end = "the far end closed before the pipelined payload was delivered".into();
+            return;
+        }
+        record.bytes_up += leftover.len() as u64;
+    }
+    drop(leftover);
+    let stats = relay(
+        &conn.stream,
+        far,
+        shared.config.timeouts.idle,
+        shared.config.relay_mode,
+        &shared.pipes,
+    )
+    .await;
+    record.bytes_up += stats.up;
+    record.bytes_down += stats.down;
+    record.end = stats.end.describe().into();
 }
 
 /// Runs one session to its end. Never panics on client input; every outcome is logged.
