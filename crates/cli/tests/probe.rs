@@ -5,14 +5,13 @@
 //! the test: `scripts/test-all` installs `dante-server` and `microsocks`.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ferrosocks_proto::Password;
 use ferrosocks_server::{AuthMethod, Credential, Users};
-use ferrosocks_testkit::{spawn_server, test_config};
+use ferrosocks_testkit::{daemons, spawn_server, test_config};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ferrosocks");
@@ -197,7 +196,11 @@ async fn table_output_and_exit_codes() {
     server.shutdown().await;
 
     // Nothing listening: exit 1 with a message, no report.
-    let port = free_port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (code, stdout, stderr) =
         run_probe(&["--proxy", &format!("socks5://127.0.0.1:{port}")]).await;
     assert_eq!(code, 1, "{stdout}{stderr}");
@@ -224,146 +227,12 @@ async fn table_output_and_exit_codes() {
 
 // --- other servers ------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn find_exe(name: &str, also: &[&str]) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .chain(also.iter().map(PathBuf::from))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not installed: this test needs it (apt-get install -y dante-server \
-                 microsocks; scripts/test-all does that)"
-            )
-        })
-}
-
-/// A daemon started by a test, stopped (SIGTERM, then SIGKILL) by its own pid on drop.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Daemon {
-    /// Starts `argv(port)` on a free port until it accepts connections (3 tries, 15 s each).
-    fn start(name: &str, dir: &Path, argv: impl Fn(u16) -> Vec<String>) -> Daemon {
-        for attempt in 0..3 {
-            let port = free_port();
-            let argv = argv(port);
-            let log = dir.join(format!("{name}.{attempt}.log"));
-            let out = std::fs::File::create(&log).unwrap();
-            let mut child = Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdin(Stdio::null())
-                .stdout(out.try_clone().unwrap())
-                .stderr(out)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", argv[0]));
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "{name} exited at start ({status}):\n{}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
-                }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return Daemon { child, addr, log };
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            stop(&mut child);
-        }
-        panic!("{name} did not come up on a free loopback port in 3 tries");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn stop(child: &mut Child) {
-    // SIGTERM lets Dante's main process stop its helper processes; then SIGKILL.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        stop(&mut self.child);
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ferrosocks-probe-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Dante on 127.0.0.1 with no authentication, every command allowed from loopback to
-/// loopback (IPv4, IPv6 and names), as root with `nobody` for unprivileged work.
-fn start_dante(dir: &Path) -> Daemon {
-    let exe = find_exe("danted", &["/usr/sbin/danted"]);
-    Daemon::start("danted", dir, |port| {
-        let conf = dir.join(format!("danted-{port}.conf"));
-        let rule = "command: connect bind udpassociate bindreply udpreply";
-        std::fs::write(
-            &conf,
-            format!(
-                "logoutput: stderr\n\
-                 internal: 127.0.0.1 port = {port}\n\
-                 external: 127.0.0.1\n\
-                 external: ::1\n\
-                 user.privileged: root\n\
-                 user.unprivileged: nobody\n\
-                 clientmethod: none\n\
-                 socksmethod: none\n\
-                 client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\n\
-                 socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 {rule} }}\n\
-                 socks pass {{ from: 127.0.0.0/8 to: ::/0 {rule} }}\n\
-                 socks pass {{ from: 127.0.0.0/8 to: . {rule} }}\n"
-            ),
-        )
-        .unwrap();
-        vec![
-            exe.display().to_string(),
-            "-f".into(),
-            conf.display().to_string(),
-            "-p".into(),
-            dir.join(format!("danted-{port}.pid")).display().to_string(),
-            "-N".into(),
-            "1".into(),
-        ]
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dante_report_matches_what_dante_does() {
-    let dir = temp_dir("dante");
-    let dante = start_dante(&dir);
+    let dante = daemons::dante();
     let url = format!("socks5://{}", dante.addr);
     let (got, raw) = probe_json(&url, &[]).await;
-    let raw = format!("{raw}\n--- danted log:\n{}", dante.log());
+    let raw = format!("{raw}\n{}", dante.log());
     // Dante 1.4: CONNECT, BIND and UDP all work and announce real addresses; it reads
     // pipelined bytes correctly. Deviations, cross-checked with raw sockets: an unknown
     // command or address type gets no reply at all (the connection just closes), and
@@ -403,23 +272,6 @@ async fn dante_report_matches_what_dante_does() {
     assert!(got["udp.associate"].1.starts_with("127.0.0.1:"), "{raw}");
 }
 
-fn start_microsocks(dir: &Path, auth: Option<(&str, &str)>) -> Daemon {
-    let exe = find_exe("microsocks", &["/usr/bin/microsocks"]);
-    Daemon::start("microsocks", dir, |port| {
-        let mut argv = vec![
-            exe.display().to_string(),
-            "-i".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-        ];
-        if let Some((u, p)) = auth {
-            argv.extend(["-u".into(), u.into(), "-P".into(), p.into()]);
-        }
-        argv
-    })
-}
-
 /// What microsocks does with any authentication setting: CONNECT everywhere (BND
 /// 0.0.0.0:0), no BIND, no UDP, `05 FF` to a wrong version, and pipelined bytes lost
 /// (one `recv` per handshake state, see STYLE.md anti-pattern 1).
@@ -447,8 +299,7 @@ const MICROSOCKS_COMMON: &[(&str, &str, Option<&str>)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microsocks_report_matches_what_microsocks_does() {
-    let dir = temp_dir("microsocks");
-    let micro = start_microsocks(&dir, None);
+    let micro = daemons::microsocks(None);
     let url = format!("socks5://{}", micro.addr);
     let (got, raw) = probe_json(&url, &[]).await;
     let mut want = MICROSOCKS_COMMON.to_vec();
@@ -464,8 +315,7 @@ async fn microsocks_report_matches_what_microsocks_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn microsocks_with_password_report_matches() {
-    let dir = temp_dir("microsocks-auth");
-    let micro = start_microsocks(&dir, Some(("alice", "s3cret")));
+    let micro = daemons::microsocks(Some(("alice", "s3cret")));
     let url = format!("socks5://{}", micro.addr);
     let (got, raw) = probe_json(&url, &["--user", "alice", "--pass", "s3cret"]).await;
     let mut want = MICROSOCKS_COMMON.to_vec();
