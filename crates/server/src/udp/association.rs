@@ -1,22 +1,42 @@
 //! One association's relay loop: client datagrams are unwrapped (and reassembled) and sent
 //! on; replies are wrapped with their source address and sent back.
+//!
+//! Datagrams move in batches, because on a loaded relay the per-syscall cost (entry, file
+//! lookup, tokio readiness bookkeeping) is a large share of the cost per datagram. Each
+//! direction has a [`Lane`] of [`SLOTS`] receive slots: on Linux one `recvmmsg(2)` fills
+//! them and one `sendmmsg(2)` sends what came of them onward, each message to its own
+//! destination (see [`mmsg`]). Elsewhere, and on a socket where either call failed
+//! unexpectedly, the same slots are filled by `recv_from` and sent by `send_to`, one datagram
+//! per syscall; everything between receiving and sending is shared by both paths.
+//!
+//! A slot holds a datagram of any size (65,535 bytes behind [`HEADROOM`]): a datagram cut
+//! short by a small buffer is consumed all the same and cannot be read again, so smaller slots
+//! would lose large datagrams. Memory per association: no slots while idle (they are
+//! allocated on first traffic and released after [`QUIET`] without any); while busy,
+//! `2 × SLOTS × 68 KiB` (2.2 MiB) of address space. A zeroed allocation that large is
+//! normally mapped on demand, so only the pages datagrams were written to become resident:
+//! with small datagrams one page per slot (128 KiB for both directions, as much as the two
+//! full-size buffers this relay held, idle or not, before batching); with datagrams of
+//! tens of KiB, up to the whole 2.2 MiB.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use ferrosocks_proto::addr::atyp;
 use ferrosocks_proto::frag::{FragOutcome, Reassembly};
 use ferrosocks_proto::udp::decode_datagram;
-use ferrosocks_proto::{Addr, Command, Encode, UdpHeader};
+use ferrosocks_proto::{Addr, Command};
 use tokio::net::UdpSocket;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::resolve::resolve;
-use crate::rules::{Decision, RuleInput};
+use crate::rules::{Decision, RuleInput, Rules};
 use crate::Shared;
 
 /// Room kept in front of a received reply for the header (an IPv6 header is 22 bytes), so
@@ -24,8 +44,18 @@ use crate::Shared;
 const HEADROOM: usize = 22;
 /// The largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
+/// Bytes per receive slot: the headroom and a datagram of any size, rounded up to whole
+/// pages so every slot starts at the same offset in a page and a small datagram touches
+/// one page, not two.
+const STRIDE: usize = (HEADROOM + MAX_DATAGRAM).next_multiple_of(4096);
+/// Datagrams received (and sent) per syscall. 16 already spreads a syscall's fixed cost thin;
+/// more would only add address space per association (see the module documentation).
+/// Without `recvmmsg` one slot is enough: datagrams come one per syscall anyway.
+const SLOTS: usize = if cfg!(target_os = "linux") { 16 } else { 1 };
 /// Datagrams handled per wake-up and direction before the other direction gets a turn.
 const BATCH: usize = 64;
+/// How long an association may go without traffic before its receive slots are released.
+const QUIET: Duration = Duration::from_secs(10);
 /// How long a resolved destination name is reused.
 const NAME_CACHE_TTL: Duration = Duration::from_secs(30);
 /// How many names one association keeps resolved.
@@ -71,6 +101,205 @@ struct State {
     last_activity: Instant,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Client to target.
+    Up,
+    /// Target to client.
+    Down,
+}
+
+impl State {
+    fn relayed(&mut self, direction: Direction, payload: u64, now: Instant) {
+        match direction {
+            Direction::Up => {
+                self.stats.datagrams_up += 1;
+                self.stats.bytes_up += payload;
+            }
+            Direction::Down => {
+                self.stats.datagrams_down += 1;
+                self.stats.bytes_down += payload;
+            }
+        }
+        self.last_activity = now;
+    }
+
+    fn send_failed(&mut self, direction: Direction, dest: SocketAddr, e: &io::Error) {
+        self.stats.dropped += 1;
+        match direction {
+            Direction::Up => tracing::debug!(target = %dest, error = %e, "UDP: send failed"),
+            Direction::Down => {
+                tracing::debug!(client = %dest, error = %e, "UDP: reply to client failed")
+            }
+        }
+    }
+}
+
+/// One received datagram: its slot holds it at `HEADROOM..HEADROOM + len`.
+#[derive(Clone, Copy)]
+struct Received {
+    len: usize,
+    /// `None` for an address that is not IP (never on a UDP socket; dropped if it were).
+    src: Option<SocketAddr>,
+    /// Cut short by the slot: never relayed.
+    truncated: bool,
+}
+
+/// One datagram to send.
+struct Outgoing {
+    data: Payload,
+    /// Payload bytes for the counters (a reply's header is not counted).
+    counted: u64,
+    dest: SocketAddr,
+}
+
+enum Payload {
+    /// A range of the lane's slots.
+    Slot(Range<usize>),
+    /// A datagram reassembled from fragments.
+    Owned(Vec<u8>),
+}
+
+impl Outgoing {
+    fn bytes<'a>(&'a self, slots: &'a [u8]) -> &'a [u8] {
+        match &self.data {
+            Payload::Slot(range) => &slots[range.clone()],
+            Payload::Owned(data) => data,
+        }
+    }
+}
+
+/// What every datagram of one received batch shares.
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    rules: &'a Rules,
+    outbound_v6: bool,
+    now: Instant,
+}
+
+/// One direction's batch state.
+struct Lane {
+    /// `SLOTS` slots of `STRIDE` bytes each, allocated on first use, released when quiet.
+    slots: Option<Vec<u8>>,
+    received: Vec<Received>,
+    outgoing: Vec<Outgoing>,
+    /// Whether `recvmmsg`/`sendmmsg` are used; cleared for good after either fails in a way
+    /// that says the call itself is unusable here.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    batched: bool,
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane {
+            slots: None,
+            received: Vec::with_capacity(SLOTS),
+            outgoing: Vec::with_capacity(SLOTS),
+            batched: cfg!(target_os = "linux"),
+        }
+    }
+
+    /// Receives up to `want` (at most [`SLOTS`]) datagrams from `socket` into the slots;
+    /// returns how many. 0 when none is queued, or on an error (as the per-datagram loop
+    /// always did: a socket error ends the drain, readiness brings the loop back).
+    fn receive(&mut self, socket: &UdpSocket, want: usize) -> usize {
+        self.received.clear();
+        let want = want.min(SLOTS);
+        // `vec!` of zeros comes from calloc: the pages of a slot become resident only once a
+        // datagram is written to them.
+        let slots = self.slots.get_or_insert_with(|| vec![0u8; SLOTS * STRIDE]);
+        #[cfg(target_os = "linux")]
+        if self.batched {
+            use std::os::fd::AsRawFd;
+            let received = &mut self.received;
+            match socket.try_io(tokio::io::Interest::READABLE, || {
+                mmsg::receive(socket.as_raw_fd(), slots, want, received)
+            }) {
+                Ok(()) => return self.received.len(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    return 0
+                }
+                Err(e) => {
+                    // Not worth a guess whether this socket would ever take the batched call:
+                    // the per-datagram path works everywhere.
+                    tracing::debug!(error = %e, "UDP: recvmmsg failed; receiving one datagram per call");
+                    self.batched = false;
+                    self.received.clear();
+                }
+            }
+        }
+        for slot in slots.chunks_exact_mut(STRIDE).take(want) {
+            match socket.try_recv_from(&mut slot[HEADROOM..]) {
+                Ok((len, src)) => self.received.push(Received {
+                    len,
+                    src: Some(src),
+                    truncated: false,
+                }),
+                Err(_) => break,
+            }
+        }
+        self.received.len()
+    }
+
+    /// Sends every outgoing datagram on `socket` and counts each. Like `send_to`, waits for
+    /// room in a full send buffer instead of dropping.
+    async fn send(
+        &mut self,
+        socket: &UdpSocket,
+        state: &mut State,
+        direction: Direction,
+        now: Instant,
+    ) {
+        let slots = self.slots.as_deref().unwrap_or_default();
+        let mut next = 0;
+        while next < self.outgoing.len() {
+            #[cfg(target_os = "linux")]
+            if self.batched {
+                use std::os::fd::AsRawFd;
+                let rest = &self.outgoing[next..];
+                match socket.try_io(tokio::io::Interest::WRITABLE, || {
+                    mmsg::send(socket.as_raw_fd(), slots, rest)
+                }) {
+                    Ok(sent) => {
+                        for o in &rest[..sent] {
+                            state.relayed(direction, o.counted, now);
+                        }
+                        next += sent;
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if socket.writable().await.is_ok() {
+                            continue;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // The first datagram of the rest failed. Errors belong to one destination
+                    // (EACCES, ENETUNREACH, EMSGSIZE…), so that datagram alone takes the
+                    // per-datagram path below, which reports its error exactly as before
+                    // (or sends it, if the error was passing).
+                    Err(e) => {
+                        if e.raw_os_error() == Some(nix::libc::ENOSYS) {
+                            self.batched = false;
+                        }
+                    }
+                }
+            }
+            let o = &self.outgoing[next];
+            match socket.send_to(o.bytes(slots), o.dest).await {
+                Ok(_) => state.relayed(direction, o.counted, now),
+                Err(e) => state.send_failed(direction, o.dest, &e),
+            }
+            next += 1;
+        }
+        self.outgoing.clear();
+    }
+}
+
 impl Association {
     pub(crate) async fn run(self, stop: CancellationToken) -> UdpStats {
         let idle = self.shared.config.timeouts.udp_idle;
@@ -81,56 +310,54 @@ impl Association {
             stats: UdpStats::default(),
             last_activity: Instant::now(),
         };
-        let mut from_client = vec![0u8; MAX_DATAGRAM];
-        let mut from_target = vec![0u8; HEADROOM + MAX_DATAGRAM];
+        let mut up = Lane::new();
+        let mut down = Lane::new();
         let outbound_v6 = self
             .outbound
             .local_addr()
             .map(|a| a.is_ipv6())
             .unwrap_or(false);
         // One timer for the whole association, re-armed only when it fires early: creating a
-        // timer per datagram costs more than relaying the datagram.
+        // timer per datagram costs more than relaying the datagram. While slots are held it
+        // also fires after `QUIET`, to release them.
         let idle_timer = tokio::time::sleep_until(state.last_activity + idle);
         tokio::pin!(idle_timer);
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         state.stats.end = loop {
+            let held = up.slots.is_some() || down.slots.is_some();
             tokio::select! {
                 ready = self.client_socket.readable() => {
                     if ready.is_err() {
                         break "relay socket failed";
                     }
-                    // Drain what is queued (bounded, so the other direction gets its turn)
-                    // for one wake-up instead of one per datagram.
-                    for _ in 0..BATCH {
-                        match self.client_socket.try_recv_from(&mut from_client) {
-                            Ok((n, src)) => {
-                                self.handle_from_client(&mut state, &from_client[..n], src, outbound_v6).await;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    self.relay_up(&mut state, &mut up, outbound_v6).await;
                 }
                 ready = self.outbound.readable() => {
                     if ready.is_err() {
                         break "relay socket failed";
                     }
-                    for _ in 0..BATCH {
-                        match self.outbound.try_recv_from(&mut from_target[HEADROOM..]) {
-                            Ok((n, src)) => {
-                                self.handle_from_target(&mut state, &mut from_target, n, src).await;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    self.relay_down(&mut state, &mut down).await;
                 }
                 // The control connection closed (or the server is stopping).
                 () = &mut stopped => break "ended with its TCP connection",
                 () = &mut idle_timer => {
-                    let deadline = state.last_activity + idle;
-                    if deadline <= Instant::now() {
+                    let now = Instant::now();
+                    if state.last_activity + idle <= now {
                         break "idle timeout";
                     }
+                    if state.last_activity + QUIET <= now {
+                        up.slots = None;
+                        down.slots = None;
+                    }
+                    idle_timer.as_mut().reset(next_deadline(&state, &up, &down, idle));
+                    continue;
+                }
+            }
+            if !held && (up.slots.is_some() || down.slots.is_some()) {
+                // Slots were just allocated: make sure the timer comes by to release them.
+                let deadline = next_deadline(&state, &up, &down, idle);
+                if deadline < idle_timer.deadline() {
                     idle_timer.as_mut().reset(deadline);
                 }
             }
@@ -138,55 +365,128 @@ impl Association {
         state.stats
     }
 
+    /// Client to target: drains the client socket (bounded by [`BATCH`]) one batch at a time.
+    async fn relay_up(&self, state: &mut State, lane: &mut Lane, outbound_v6: bool) {
+        let mut budget = BATCH;
+        while budget > 0 {
+            let got = lane.receive(&self.client_socket, budget);
+            if got == 0 {
+                break;
+            }
+            budget = budget.saturating_sub(got);
+            // Once per batch, not per datagram: a clock read, and the rules (an Arc behind a
+            // lock shared with every other task).
+            let now = Instant::now();
+            let rules = self.shared.rules();
+            let batch = Batch {
+                rules: &rules,
+                outbound_v6,
+                now,
+            };
+            let slots = lane.slots.as_deref().unwrap_or_default();
+            for (k, r) in lane.received.iter().enumerate() {
+                let at = k * STRIDE + HEADROOM;
+                if let Some(o) = self.handle_from_client(state, &batch, slots, at, *r).await {
+                    lane.outgoing.push(o);
+                }
+            }
+            lane.send(&self.outbound, state, Direction::Up, now).await;
+        }
+    }
+
+    /// Target to client: drains the outbound socket (bounded by [`BATCH`]) one batch at a
+    /// time.
+    async fn relay_down(&self, state: &mut State, lane: &mut Lane) {
+        let mut budget = BATCH;
+        while budget > 0 {
+            let got = lane.receive(&self.outbound, budget);
+            if got == 0 {
+                break;
+            }
+            budget = budget.saturating_sub(got);
+            let now = Instant::now();
+            let Some(slots) = lane.slots.as_deref_mut() else {
+                break;
+            };
+            for (k, (r, slot)) in lane
+                .received
+                .iter()
+                .zip(slots.chunks_exact_mut(STRIDE))
+                .enumerate()
+            {
+                if let Some(o) = handle_from_target(state, slot, k * STRIDE, *r) {
+                    lane.outgoing.push(o);
+                }
+            }
+            lane.send(&self.client_socket, state, Direction::Down, now)
+                .await;
+        }
+    }
+
+    /// What becomes of one client datagram, `slots[at..at + r.len]`: sent on (returned),
+    /// kept for reassembly, or dropped.
     async fn handle_from_client(
         &self,
         state: &mut State,
-        datagram: &[u8],
-        src: SocketAddr,
-        outbound_v6: bool,
-    ) {
+        batch: &Batch<'_>,
+        slots: &[u8],
+        at: usize,
+        r: Received,
+    ) -> Option<Outgoing> {
+        let Batch {
+            rules,
+            outbound_v6,
+            now,
+        } = *batch;
+        let Some(src) = r.src else {
+            state.stats.dropped += 1;
+            return None;
+        };
         // RFC 1928 §7: drop anything not from the client's recorded address.
         if src.ip().to_canonical() != self.client_ip
             || self.client_port.is_some_and(|p| p != src.port())
         {
             state.stats.dropped += 1;
             tracing::debug!(%src, "UDP: dropped a datagram from a foreign source");
-            return;
+            return None;
+        }
+        if r.truncated {
+            state.stats.dropped += 1;
+            tracing::debug!(%src, "UDP: dropped a truncated datagram");
+            return None;
         }
         state.client_addr = Some(src);
+        let datagram = &slots[at..at + r.len];
         let Ok((header, payload)) = decode_datagram(datagram) else {
             state.stats.dropped += 1;
-            return;
+            return None;
         };
-        let now = Instant::now();
-        let assembled;
-        let (dst, payload) =
+        // The payload is the datagram's tail.
+        let payload_at = at + (datagram.len() - payload.len());
+        let (dst, data) =
             match state
                 .reassembly
                 .push(now.into_std(), header.frag, &header.dst, payload)
             {
-                FragOutcome::Standalone => (header.dst, payload),
-                FragOutcome::Complete(dst, data) => {
-                    assembled = data;
-                    (dst, &assembled[..])
-                }
+                FragOutcome::Standalone => (header.dst, Payload::Slot(payload_at..at + r.len)),
+                FragOutcome::Complete(dst, data) => (dst, Payload::Owned(data)),
                 FragOutcome::Queued => {
                     state.last_activity = now;
-                    return;
+                    return None;
                 }
                 FragOutcome::Dropped(reason) => {
                     tracing::debug!(?reason, "UDP: fragment dropped");
                     state.stats.dropped += 1;
-                    return;
+                    return None;
                 }
             };
         let Some(target) = self.resolve_cached(state, &dst, now).await else {
             state.stats.dropped += 1;
-            return;
+            return None;
         };
-        if !self.allowed(&dst, target) {
+        if !self.allowed(rules, &dst, target) {
             state.stats.dropped += 1;
-            return;
+            return None;
         }
         let target = match (target, outbound_v6) {
             (SocketAddr::V4(v4), true) => {
@@ -194,63 +494,22 @@ impl Association {
             }
             (SocketAddr::V6(_), false) => {
                 state.stats.dropped += 1;
-                return;
+                return None;
             }
             (t, _) => t,
         };
-        match self.outbound.send_to(payload, target).await {
-            Ok(_) => {
-                state.stats.datagrams_up += 1;
-                state.stats.bytes_up += payload.len() as u64;
-                state.last_activity = now;
-            }
-            Err(e) => {
-                state.stats.dropped += 1;
-                tracing::debug!(%target, error = %e, "UDP: send failed");
-            }
-        }
+        let counted = match &data {
+            Payload::Slot(range) => range.len(),
+            Payload::Owned(data) => data.len(),
+        } as u64;
+        Some(Outgoing {
+            data,
+            counted,
+            dest: target,
+        })
     }
 
-    async fn handle_from_target(
-        &self,
-        state: &mut State,
-        buf: &mut [u8],
-        n: usize,
-        src: SocketAddr,
-    ) {
-        let Some(client) = state.client_addr else {
-            // No datagram from the client yet and no announced port: nowhere to send.
-            state.stats.dropped += 1;
-            return;
-        };
-        let src = SocketAddr::new(src.ip().to_canonical(), src.port());
-        let header = UdpHeader {
-            frag: Default::default(),
-            dst: Addr::Ip(src),
-        };
-        let mut encoded = BytesMut::with_capacity(HEADROOM);
-        header.encode(&mut encoded);
-        let start = HEADROOM - encoded.len();
-        buf[start..HEADROOM].copy_from_slice(&encoded);
-        match self
-            .client_socket
-            .send_to(&buf[start..HEADROOM + n], client)
-            .await
-        {
-            Ok(_) => {
-                state.stats.datagrams_down += 1;
-                state.stats.bytes_down += n as u64;
-                state.last_activity = Instant::now();
-            }
-            Err(e) => {
-                state.stats.dropped += 1;
-                tracing::debug!(%client, error = %e, "UDP: reply to client failed");
-            }
-        }
-    }
-
-    fn allowed(&self, dst: &Addr, target: SocketAddr) -> bool {
-        let rules = self.shared.rules();
+    fn allowed(&self, rules: &Rules, dst: &Addr, target: SocketAddr) -> bool {
         if rules.is_empty() {
             return true;
         }
@@ -295,5 +554,177 @@ impl Association {
         }
         state.names.insert(dst.clone(), (addr, now));
         Some(addr)
+    }
+}
+
+/// When the association's timer should next come by: at the idle deadline, or sooner while
+/// slots are held, to release them once quiet.
+fn next_deadline(state: &State, up: &Lane, down: &Lane, idle: Duration) -> Instant {
+    let held = up.slots.is_some() || down.slots.is_some();
+    let wait = if held { QUIET.min(idle) } else { idle };
+    state.last_activity + wait
+}
+
+/// What becomes of one reply, held in `slot` (which starts at `base` in the lane's slots):
+/// wrapped in place and returned for sending to the client, or dropped.
+fn handle_from_target(
+    state: &mut State,
+    slot: &mut [u8],
+    base: usize,
+    r: Received,
+) -> Option<Outgoing> {
+    let Some(client) = state.client_addr else {
+        // No datagram from the client yet and no announced port: nowhere to send.
+        state.stats.dropped += 1;
+        return None;
+    };
+    let Some(src) = r.src else {
+        state.stats.dropped += 1;
+        return None;
+    };
+    if r.truncated {
+        state.stats.dropped += 1;
+        tracing::debug!(%src, "UDP: dropped a truncated reply");
+        return None;
+    }
+    let src = SocketAddr::new(src.ip().to_canonical(), src.port());
+    let start = write_reply_header(&mut slot[..HEADROOM], src);
+    Some(Outgoing {
+        data: Payload::Slot(base + start..base + HEADROOM + r.len),
+        counted: r.len as u64,
+        dest: client,
+    })
+}
+
+/// Writes the header of a reply from `src` (RSV, FRAG 0, the address) so that it ends at the
+/// end of `headroom`, where the payload begins; returns where it starts. The same bytes as
+/// encoding a `UdpHeader` (tested), without a buffer allocated per datagram.
+fn write_reply_header(headroom: &mut [u8], src: SocketAddr) -> usize {
+    let end = headroom.len();
+    let port = src.port().to_be_bytes();
+    let start = match src.ip() {
+        IpAddr::V4(ip) => {
+            let start = end - 10;
+            headroom[start + 4..start + 8].copy_from_slice(&ip.octets());
+            headroom[start + 3] = atyp::IPV4;
+            start
+        }
+        IpAddr::V6(ip) => {
+            let start = end - 22;
+            headroom[start + 4..start + 20].copy_from_slice(&ip.octets());
+            headroom[start + 3] = atyp::IPV6;
+            start
+        }
+    };
+    headroom[start..start + 3].copy_from_slice(&[0, 0, 0]);
+    headroom[end - 2..end].copy_from_slice(&port);
+    start
+}
+
+/// `recvmmsg(2)`/`sendmmsg(2)` through nix's safe wrappers, on a non-blocking socket.
+#[cfg(target_os = "linux")]
+mod mmsg {
+    use std::io::{self, IoSlice, IoSliceMut};
+    use std::net::SocketAddr;
+    use std::os::fd::RawFd;
+
+    use nix::sys::socket::{
+        recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+    };
+
+    use super::{Outgoing, Received, HEADROOM, SLOTS, STRIDE};
+
+    /// Receives up to `want` datagrams into `slots` (each at `HEADROOM` in its slot) and
+    /// appends what arrived to `out`.
+    pub(super) fn receive(
+        fd: RawFd,
+        slots: &mut [u8],
+        want: usize,
+        out: &mut Vec<Received>,
+    ) -> io::Result<()> {
+        let want = want.min(SLOTS);
+        let mut chunks = slots.chunks_exact_mut(STRIDE);
+        let mut iovs: [[IoSliceMut<'_>; 1]; SLOTS] = std::array::from_fn(|_| {
+            [IoSliceMut::new(
+                chunks
+                    .next()
+                    .map(|s| &mut s[HEADROOM..])
+                    .unwrap_or_default(),
+            )]
+        });
+        // Headers per call, not per association: they hold raw pointers (not Send), and
+        // reused headers would keep the previous call's address lengths.
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(want, None);
+        let results = recvmmsg(
+            fd,
+            &mut headers,
+            iovs[..want].iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )?;
+        for msg in results {
+            out.push(Received {
+                len: msg.bytes,
+                src: msg.address.as_ref().and_then(to_std),
+                truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends the first (up to [`SLOTS`]) of `outgoing`, each to its own destination; returns
+    /// how many were sent, which is fewer when the send buffer filled up or a later one
+    /// failed (its error comes back on the next call, which starts with it).
+    pub(super) fn send(fd: RawFd, slots: &[u8], outgoing: &[Outgoing]) -> io::Result<usize> {
+        let n = outgoing.len().min(SLOTS);
+        let iovs: [[IoSlice<'_>; 1]; SLOTS] = std::array::from_fn(|i| {
+            [IoSlice::new(
+                outgoing.get(i).map(|o| o.bytes(slots)).unwrap_or_default(),
+            )]
+        });
+        let addrs: [Option<SockaddrStorage>; SLOTS] =
+            std::array::from_fn(|i| outgoing.get(i).map(|o| SockaddrStorage::from(o.dest)));
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(n, None);
+        let cmsgs: [ControlMessage<'_>; 0] = [];
+        let sent = sendmmsg(
+            fd,
+            &mut headers,
+            iovs[..n].iter(),
+            &addrs[..n],
+            cmsgs,
+            MsgFlags::MSG_DONTWAIT,
+        )?;
+        Ok(sent.count())
+    }
+
+    fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
+        if let Some(v4) = addr.as_sockaddr_in() {
+            return Some(SocketAddr::from(*v4));
+        }
+        addr.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::BytesMut;
+    use ferrosocks_proto::{Encode, Frag, UdpHeader};
+
+    use super::*;
+
+    #[test]
+    fn reply_header_is_the_encoded_udp_header_at_the_end_of_the_headroom() {
+        for src in ["192.0.2.7:53", "[2001:db8::1]:65535", "0.0.0.0:0"] {
+            let src: SocketAddr = src.parse().unwrap();
+            let mut expected = BytesMut::new();
+            UdpHeader {
+                frag: Frag(0),
+                dst: Addr::Ip(src),
+            }
+            .encode(&mut expected);
+            let mut headroom = [0xAAu8; HEADROOM];
+            let start = write_reply_header(&mut headroom, src);
+            assert_eq!(&headroom[start..], &expected[..], "{src}");
+        }
     }
 }
