@@ -211,3 +211,76 @@ fn accept_loop_survives_running_out_of_file_descriptors() {
         }
     }
 }
+
+/// A network namespace of this test's own, with only a loopback interface: there, a
+/// connect to any other address fails at once with ENETUNREACH, and no packet can leave.
+struct IsolatedNamespace(String);
+
+impl IsolatedNamespace {
+    fn new() -> IsolatedNamespace {
+        let name = format!("ferrosocks-test-{}", std::process::id());
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap_or_else(|e| {
+                panic!("`ip` (Debian iproute2, installed by scripts/test-all) is needed: {e}")
+            });
+            assert!(
+                out.status.success(),
+                "ip {args:?} failed (this test needs root): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        ip(&["netns", "add", &name]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        IsolatedNamespace(name)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0, program]);
+        cmd
+    }
+}
+
+impl Drop for IsolatedNamespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[test]
+fn network_unreachable_gets_rep_03() {
+    let ns = IsolatedNamespace::new();
+    let mut server = ns
+        .command(BIN)
+        .args(["serve", "--listen", "127.0.0.1:1080"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    assert!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("listening on 127.0.0.1:1080"))),
+        "the server in the namespace did not start"
+    );
+    // 10.0.0.1 has no route in the namespace: the kernel answers ENETUNREACH.
+    let out = ns
+        .command(BIN)
+        .args([
+            "connect",
+            "--proxy",
+            "socks5://127.0.0.1:1080",
+            "10.0.0.1:80",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("REP 0x03") && err.contains("network unreachable"),
+        "{err}"
+    );
+}
