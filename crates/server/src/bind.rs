@@ -66,7 +66,7 @@ pub(crate) async fn handle(
                 if expected_ips.is_empty() || expected_ips.contains(&addr.ip().to_canonical()) {
                     break (stream, addr);
                 }
-                tracing::info!(peer = %addr, "BIND: refused a connection from an unexpected peer");
+                tracing::info!(client = %conn.client, peer = %addr, "BIND: refused a connection from an unexpected peer");
                 refuse(stream);
             }
             () = client_gone(&conn.stream) => return Err(SessionError::ClientClosed),

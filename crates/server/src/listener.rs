@@ -43,7 +43,10 @@ pub(crate) async fn run(
                     tracing::warn!(%client, "too many unauthenticated connections; closing this one");
                     continue;
                 };
-                let span = tracing::info_span!("session", %client);
+                // A debug-level span: at the default level it is disabled and costs nothing,
+                // whereas an enabled span is entered and left on every poll of the session.
+                // Events that matter at info level carry the client themselves.
+                let span = tracing::debug_span!("session", %client);
                 sessions.spawn(
                     session::run(stream, client, shared.clone(), permit, handshake)
                         .instrument(span),

@@ -135,7 +135,7 @@ pub(crate) async fn run(
             SessionError::ClientClosed | SessionError::Timeout(Phase::Handshake) => {
                 tracing::debug!(%error, "session ended")
             }
-            _ => tracing::info!(%error, "session failed"),
+            _ => tracing::info!(client = %conn.client, %error, "session failed"),
         }
         close_after_failure(conn.stream).await;
     }
