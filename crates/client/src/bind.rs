@@ -14,7 +14,7 @@ use crate::connect::Socks5Stream;
 use crate::error::{Error, Result, Step};
 use crate::handshake::{connect_proxy, handshake, read_reply};
 use crate::proxy_url::ProxyUrl;
-use crate::target::{prepare, IntoTarget};
+use crate::target::{prepare_for, IntoTarget};
 
 /// A BIND in progress: the proxy is listening at [`Socks5Listener::announced_addr`].
 ///
@@ -51,12 +51,7 @@ impl Socks5Listener<TcpStream> {
         target: impl IntoTarget,
         config: &ClientConfig,
     ) -> Result<Self> {
-        let target = prepare(
-            target.into_target()?,
-            proxy.resolution(),
-            config.connect_timeout,
-        )
-        .await?;
+        let target = prepare_for(proxy, target, config).await?;
         let stream = connect_proxy(proxy, config).await?;
         request(stream, proxy, target, config).await
     }
@@ -71,12 +66,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socks5Listener<S> {
         target: impl IntoTarget,
         config: &ClientConfig,
     ) -> Result<Self> {
-        let target = prepare(
-            target.into_target()?,
-            proxy.resolution(),
-            config.connect_timeout,
-        )
-        .await?;
+        let target = prepare_for(proxy, target, config).await?;
         request(stream, proxy, target, config).await
     }
 

@@ -13,7 +13,7 @@ use crate::config::ClientConfig;
 use crate::error::Result;
 use crate::handshake::{connect_proxy, handshake};
 use crate::proxy_url::ProxyUrl;
-use crate::target::{prepare, IntoTarget};
+use crate::target::{prepare_for, IntoTarget};
 
 /// A stream tunnelled through a SOCKS5 proxy (after CONNECT, or after BIND's second reply).
 ///
@@ -52,12 +52,7 @@ impl Socks5Stream<TcpStream> {
         config: &ClientConfig,
     ) -> Result<Self> {
         // Resolve and validate the target before opening a connection that would be wasted.
-        let target = prepare(
-            target.into_target()?,
-            proxy.resolution(),
-            config.connect_timeout,
-        )
-        .await?;
+        let target = prepare_for(proxy, target, config).await?;
         let stream = connect_proxy(proxy, config).await?;
         request(stream, proxy, target, config).await
     }
@@ -73,12 +68,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socks5Stream<S> {
         target: impl IntoTarget,
         config: &ClientConfig,
     ) -> Result<Self> {
-        let target = prepare(
-            target.into_target()?,
-            proxy.resolution(),
-            config.connect_timeout,
-        )
-        .await?;
+        let target = prepare_for(proxy, target, config).await?;
         request(stream, proxy, target, config).await
     }
 }

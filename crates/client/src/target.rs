@@ -157,6 +157,21 @@ fn not_found() -> std::io::Error {
 
 /// The address to put in a request: with `socks5://` names are resolved here (first
 /// address, as curl does); with `socks5h://` they go to the proxy as they are.
+/// The target of a CONNECT or BIND through `proxy`: validated, and resolved on this side
+/// when the URL is `socks5://`.
+pub(crate) async fn prepare_for(
+    proxy: &crate::ProxyUrl,
+    target: impl IntoTarget,
+    config: &crate::ClientConfig,
+) -> Result<Addr> {
+    prepare(
+        target.into_target()?,
+        proxy.resolution(),
+        config.connect_timeout,
+    )
+    .await
+}
+
 pub(crate) async fn prepare(target: Addr, resolution: Resolution, limit: Duration) -> Result<Addr> {
     match (target, resolution) {
         (Addr::Domain(host, port), Resolution::Local) => {
