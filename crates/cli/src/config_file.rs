@@ -110,6 +110,7 @@ struct RawServer {
     max_handshakes: Option<usize>,
     max_udp_associations: Option<usize>,
     relay: Option<Parsed<RelayMode>>,
+    local_congestion: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +216,10 @@ pub(crate) struct Overrides {
     /// How tunnels move bytes: splice (zero-copy, Linux) or copy (portable) [default: splice].
     #[arg(long, value_name = "splice|copy")]
     pub(crate) relay: Option<RelayMode>,
+    /// TCP congestion control for tunnel sockets whose peer is on this machine (loopback),
+    /// or "system" to keep the system default everywhere [default: cubic].
+    #[arg(long, value_name = "NAME|system")]
+    pub(crate) local_congestion: Option<String>,
     /// Diagnostic log level (error, warn, info, debug, trace) or a RUST_LOG-style filter.
     #[arg(long, value_name = "LEVEL")]
     pub(crate) log_level: Option<String>,
@@ -484,6 +489,15 @@ fn build(
         allow_open_proxy: cli.allow_open_proxy || s.allow_open_proxy.unwrap_or(false),
         access_log,
         relay_mode: cli.relay.or(s.relay.map(|r| r.0)).unwrap_or_default(),
+        local_congestion: match cli
+            .local_congestion
+            .clone()
+            .or(s.local_congestion.as_ref().map(|n| n.get_ref().clone()))
+        {
+            Some(name) if name == "system" => None,
+            Some(name) => Some(name),
+            None => Config::default().local_congestion,
+        },
     };
     for (name, value) in [
         ("max_connections", config.limits.max_connections),
@@ -501,6 +515,9 @@ fn build(
                 .find(|(a, _)| a == addr)
                 .map(|(_, s)| s.clone()),
             ConfigError::UserPassWithoutUsers | ConfigError::NoAuthMethod => methods_span.clone(),
+            ConfigError::BadCongestionName(_) if cli.local_congestion.is_none() => {
+                s.local_congestion.as_ref().map(|n| n.span())
+            }
             _ => None,
         };
         at(span, e.to_string())
@@ -552,6 +569,20 @@ mod tests {
         let err = parse("[server]\nlisten = [\"127.0.0.1:1080\", \"0.0.0.0:1080\"]\n").unwrap_err();
         assert_eq!(err.position, Some((2, 29)), "{err}");
         assert!(err.message.contains("--allow-open-proxy"));
+    }
+
+    #[test]
+    fn local_congestion_defaults_to_cubic_and_system_turns_it_off() {
+        let c = parse("").unwrap();
+        assert_eq!(c.local_congestion.as_deref(), Some("cubic"));
+        let c = parse("[server]\nlocal_congestion = \"reno\"\n").unwrap();
+        assert_eq!(c.local_congestion.as_deref(), Some("reno"));
+        let c = parse("[server]\nlocal_congestion = \"system\"\n").unwrap();
+        assert_eq!(c.local_congestion, None);
+        let err =
+            parse("[server]\nrelay = \"splice\"\nlocal_congestion = \"cubic; rm\"\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
+        assert!(err.message.contains("congestion control name"), "{err}");
     }
 
     #[test]

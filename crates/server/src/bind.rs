@@ -13,7 +13,7 @@ use crate::access_log::SessionRecord;
 use crate::error::{Phase, SessionError};
 use crate::resolve::resolve;
 use crate::session::{run_tunnel, Conn};
-use crate::Shared;
+use crate::{tcp_tuning, Shared};
 
 pub(crate) async fn handle(
     conn: &mut Conn,
@@ -74,7 +74,11 @@ pub(crate) async fn handle(
         }
     };
     drop(listener);
-    let _ = peer.set_nodelay(true);
+    tcp_tuning::tune(
+        &peer,
+        peer_addr.ip(),
+        shared.config.local_congestion.as_deref(),
+    );
     record.resolved = Some(peer_addr);
     conn.send_reply(&Reply {
         rep: Rep::SUCCEEDED,

@@ -9,6 +9,7 @@ use crate::access_log::AccessLog;
 use crate::auth::{AuthMethod, Users};
 use crate::relay::RelayMode;
 use crate::rules::{Action, Rules};
+use crate::tcp_tuning::{DEFAULT_LOCAL_CONGESTION, MAX_CONGESTION_NAME};
 
 /// Deadlines, each documented with its default.
 #[derive(Debug, Clone)]
@@ -93,6 +94,10 @@ pub struct Config {
     pub access_log: AccessLog,
     /// How tunnels move bytes. Default: `splice` (zero-copy) on Linux.
     pub relay_mode: RelayMode,
+    /// TCP congestion control for tunnel sockets whose peer is on this machine
+    /// (loopback); `None` keeps the system default. Default: `cubic`, because a pacing
+    /// default such as BBR only costs timers on loopback (see [`crate::tcp_tuning`]).
+    pub local_congestion: Option<String>,
 }
 
 impl Default for Config {
@@ -109,6 +114,7 @@ impl Default for Config {
             allow_open_proxy: false,
             access_log: AccessLog::Off,
             relay_mode: RelayMode::default(),
+            local_congestion: Some(DEFAULT_LOCAL_CONGESTION.to_owned()),
         }
     }
 }
@@ -136,6 +142,9 @@ pub enum ConfigError {
          (config: server.allow_open_proxy = true) if an open proxy is really what you want"
     )]
     OpenProxy(SocketAddr),
+    /// A congestion control name the kernel could never accept.
+    #[error("local_congestion {0:?} is not a congestion control name (1 to 15 letters, digits, '_' or '-'; \"system\" keeps the default)")]
+    BadCongestionName(String),
 }
 
 impl Config {
@@ -150,6 +159,16 @@ impl Config {
         }
         if self.auth_methods.contains(&AuthMethod::UserPass) && self.users.is_empty() {
             return Err(ConfigError::UserPassWithoutUsers);
+        }
+        if let Some(name) = &self.local_congestion {
+            let well_formed = !name.is_empty()
+                && name.len() <= MAX_CONGESTION_NAME
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            if !well_formed {
+                return Err(ConfigError::BadCongestionName(name.clone()));
+            }
         }
         if let Some(range) = &self.udp_port_range {
             if range.is_empty() {

@@ -11,7 +11,7 @@ use crate::error::{Phase, SessionError};
 use crate::resolve::{connect_any, resolve};
 use crate::rules::{Decision, RuleInput};
 use crate::session::{run_tunnel, Conn};
-use crate::Shared;
+use crate::{tcp_tuning, Shared};
 
 pub(crate) async fn handle(
     conn: &mut Conn,
@@ -27,7 +27,11 @@ pub(crate) async fn handle(
     let allowed = shared.allowed_targets(conn, Command::CONNECT, &dst, &candidates)?;
     let (mut target, connected) =
         connect_any(&allowed, deadline.saturating_duration_since(Instant::now())).await?;
-    let _ = target.set_nodelay(true);
+    tcp_tuning::tune(
+        &target,
+        connected.ip(),
+        shared.config.local_congestion.as_deref(),
+    );
     record.resolved = Some(connected);
     let bound = target.local_addr()?;
     conn.send_reply(&Reply {

@@ -18,6 +18,7 @@
 //! - [`resolve`]: name resolution, happy-eyeballs connect, OS error classification.
 //! - `connect`, `bind`, `udp`: the three commands.
 //! - [`relay`]: the TCP relay with half-close and idle timeout.
+//! - [`tcp_tuning`]: options for tunnel sockets (no Nagle; no pacing on loopback).
 //! - [`error`]: session errors and the one function that maps them to REP codes.
 //! - [`access_log`]: one line per session, text or JSON.
 #![warn(missing_docs)]
@@ -34,6 +35,7 @@ pub mod relay;
 pub mod resolve;
 pub mod rules;
 mod session;
+pub mod tcp_tuning;
 mod udp;
 
 use std::future::Future;
@@ -145,6 +147,13 @@ impl Server {
                 source,
             })?;
             listeners.push(listener);
+        }
+        if let Some(name) = &config.local_congestion {
+            if let Err(e) = tcp_tuning::check_available(name) {
+                tracing::warn!(
+                    "local_congestion {name:?} cannot be used ({e}); loopback tunnels keep the system's congestion control"
+                );
+            }
         }
         let shared = Arc::new(Shared::new(config));
         Ok(Server { listeners, shared })

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::access_log::SessionRecord;
 use crate::error::{rep, Phase, SessionError};
 use crate::relay::relay;
-use crate::{bind, connect, udp, Shared};
+use crate::{bind, connect, tcp_tuning, udp, Shared};
 
 /// The largest handshake message (a request with a 255-byte name) is 262 bytes, and a
 /// user/pass request 513; the buffer never needs to grow past this.
@@ -111,9 +111,11 @@ pub(crate) async fn run(
 ) {
     let started = Instant::now();
     let mut record = SessionRecord::new(client);
-    // Latency over throughput for the handshake and for interactive tunnels; bulk
-    // transfers fill segments anyway.
-    let _ = stream.set_nodelay(true);
+    tcp_tuning::tune(
+        &stream,
+        client.ip(),
+        shared.config.local_congestion.as_deref(),
+    );
     let mut conn = Conn {
         stream,
         input: BytesMut::with_capacity(HANDSHAKE_BUFFER),

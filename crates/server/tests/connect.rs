@@ -185,3 +185,46 @@ async fn bulk_round(mode: RelayMode) {
         "{line}"
     );
 }
+
+/// The congestion control `ss` reports for the established sockets matching `filter`.
+fn congestion_seen_by_ss(filter: &str) -> Vec<String> {
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", filter])
+        .output()
+        .expect("ss (iproute2) runs; scripts/test-all installs it");
+    let known = ["reno", "cubic", "bbr", "dctcp", "vegas", "westwood", "htcp"];
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| known.contains(w))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn loopback_tunnels_use_the_local_congestion_control_and_system_keeps_the_default() {
+    let system = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .unwrap()
+        .trim()
+        .to_owned();
+    // A name that differs from the system default, so the check cannot pass by accident.
+    let chosen = if system == "reno" { "cubic" } else { "reno" };
+    for (setting, expected) in [(Some(chosen), chosen), (None, system.as_str())] {
+        let echo = tcp_echo("127.0.0.1:0").await;
+        let mut config = test_config();
+        config.local_congestion = setting.map(str::to_owned);
+        let server = spawn_server(config).await;
+        let mut c = RawClient::connect(server.addr).await;
+        c.greet_no_auth().await;
+        c.send(&request(Command::CONNECT, &echo.to_string())).await;
+        assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+        c.send(b"ping").await;
+        assert_eq!(c.recv_exact(4).await, b"ping");
+        // The server's socket to the client has the server's port as its source; its
+        // socket to the target is the only one with the echo's port as destination.
+        let accepted = congestion_seen_by_ss(&format!("( sport = :{} )", server.addr.port()));
+        let outbound = congestion_seen_by_ss(&format!("( dport = :{} )", echo.port()));
+        assert_eq!(accepted, [expected], "client side, setting {setting:?}");
+        assert_eq!(outbound, [expected], "target side, setting {setting:?}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Socket options every tunnel socket gets: `TCP_NODELAY`, and on loopback connections a
+//! congestion control that does not pace.
+//!
+//! Why loopback gets its own congestion control: many Linux hosts make BBR the default
+//! (`net.ipv4.tcp_congestion_control = bbr`). BBR paces every socket, and without the
+//! `fq` qdisc the kernel paces with a high-resolution timer per burst. On a loopback
+//! connection there is no bottleneck queue to protect, so the pacing is pure cost: on the
+//! 2-core benchmark machine a tunnel between two loopback peers moved ~14 Gbit/s with
+//! BBR on the proxy's sockets and ~20 Gbit/s with cubic, and `tcp_pace_kick` fired about
+//! 14,000 times a second on each core (see README, Performance). Connections to or from
+//! other machines keep the system's choice: there, pacing is what the administrator chose
+//! BBR for.
+
+use std::net::IpAddr;
+
+use socket2::SockRef;
+use tokio::net::TcpStream;
+
+/// The congestion control loopback tunnels use unless configured otherwise. Cubic is the
+/// kernel's built-in default and is allowed to unprivileged processes everywhere.
+pub const DEFAULT_LOCAL_CONGESTION: &str = "cubic";
+
+/// Longest congestion control name Linux accepts (`TCP_CA_NAME_MAX` less the NUL).
+pub const MAX_CONGESTION_NAME: usize = 15;
+
+/// Whether a connection with this peer is local to the machine.
+pub(crate) fn is_local_peer(peer: IpAddr) -> bool {
+    peer.to_canonical().is_loopback()
+}
+
+/// Applies the tunnel options to a connected socket whose peer is `peer`. Failures are
+/// ignored: an option the kernel refuses only costs speed, never correctness (an
+/// unavailable congestion control is reported once at start-up, see [`check_available`]).
+pub(crate) fn tune(stream: &TcpStream, peer: IpAddr, local_congestion: Option<&str>) {
+    // Latency over throughput for the handshake and for interactive tunnels; bulk
+    // transfers fill segments anyway.
+    let _ = stream.set_nodelay(true);
+    if let Some(name) = local_congestion {
+        if is_local_peer(peer) {
+            set_congestion(stream, name);
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn set_congestion(stream: &TcpStream, name: &str) {
+    let _ = SockRef::from(stream).set_tcp_congestion(name.as_bytes());
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_congestion(_stream: &TcpStream, _name: &str) {}
+
+/// Tries `name` on a fresh socket, so a misspelt or unloaded algorithm (or one that
+/// `net.ipv4.tcp_allowed_congestion_control` does not allow this user) is reported once
+/// when the server starts rather than silently on every connection.
+#[cfg(target_os = "linux")]
+pub fn check_available(name: &str) -> std::io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_tcp_congestion(name.as_bytes())
+}
+
+/// Congestion control cannot be chosen per socket here; the setting has no effect.
+#[cfg(not(target_os = "linux"))]
+pub fn check_available(_name: &str) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "per-socket congestion control needs Linux",
+    ))
+}
+
+/// The congestion control a socket uses (for tests and diagnostics).
+#[cfg(target_os = "linux")]
+pub fn congestion_of(stream: &TcpStream) -> std::io::Result<String> {
+    let name = SockRef::from(stream).tcp_congestion()?;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn loopback_in_every_spelling_is_local() {
+        assert!(is_local_peer(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert!(is_local_peer(IpAddr::V4(Ipv4Addr::new(127, 8, 9, 10))));
+        assert!(is_local_peer(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert!(is_local_peer(IpAddr::V6(
+            Ipv4Addr::LOCALHOST.to_ipv6_mapped()
+        )));
+    }
+
+    #[test]
+    fn other_addresses_are_not_local() {
+        assert!(!is_local_peer(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))));
+        assert!(!is_local_peer(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))));
+        assert!(!is_local_peer(IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+        assert!(!is_local_peer(IpAddr::V6("2001:db8::1".parse().unwrap())));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_loopback_socket_gets_the_local_congestion_control() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = listener.accept().await.unwrap();
+        // reno is built into every kernel and allowed to every user.
+        tune(&server, peer.ip(), Some("reno"));
+        assert_eq!(congestion_of(&server).unwrap(), "reno");
+        assert!(server.nodelay().unwrap());
+        // `None` leaves the socket as the system made it.
+        let before = congestion_of(&client).unwrap();
+        tune(&client, listener.local_addr().unwrap().ip(), None);
+        assert_eq!(congestion_of(&client).unwrap(), before);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_socket_told_its_peer_is_remote_keeps_the_system_choice() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let before = congestion_of(&server).unwrap();
+        let other = if before == "reno" { "cubic" } else { "reno" };
+        tune(
+            &server,
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            Some(other),
+        );
+        assert_eq!(congestion_of(&server).unwrap(), before);
+    }
+
+    #[test]
+    fn unknown_algorithms_are_reported() {
+        if cfg!(target_os = "linux") {
+            assert!(check_available("reno").is_ok());
+            assert!(check_available("no-such-cc").is_err());
+        }
+    }
+}
