@@ -384,3 +384,59 @@ async fn connect_request_on_a_udp_control_connection_gets_07_and_close() {
     assert_eq!(a.control.recv_reply().await.rep, Rep::COMMAND_NOT_SUPPORTED);
     a.control.expect_eof().await;
 }
+
+/// Bursts the relay may send as one segmented message (runs of equal size to one
+/// destination) must arrive as the datagrams that were sent: same boundaries, same order,
+/// nothing merged, in both directions; runs broken by other sizes, other destinations,
+/// empty datagrams and datagrams too large to segment included.
+#[tokio::test]
+async fn udp_bursts_keep_every_datagram_boundary_and_order() {
+    let target_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let target_b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (addr_a, addr_b) = (
+        target_a.local_addr().unwrap(),
+        target_b.local_addr().unwrap(),
+    );
+    let server = spawn_server(test_config()).await;
+    let a = associate(&server, "127.0.0.1:0", None).await;
+
+    // (destination, size) in sending order; the contents say which one it was.
+    let mut plan = Vec::new();
+    for size in [300, 300, 300, 200, 300, 300, 0, 0, 1500, 1500, 1500] {
+        plan.push((addr_a, size));
+    }
+    for i in 0..12 {
+        plan.push((if i % 3 == 2 { addr_b } else { addr_a }, 400));
+    }
+    let payload =
+        |n: usize, size: usize| -> Vec<u8> { (0..size).map(|i| (n * 7 + i) as u8).collect() };
+    for (n, (dst, size)) in plan.iter().enumerate() {
+        a.send(&dst.to_string(), &payload(n, *size)).await;
+    }
+    for (target, addr) in [(&target_a, addr_a), (&target_b, addr_b)] {
+        let mut buf = vec![0u8; 4096];
+        for (n, (_, size)) in plan.iter().enumerate().filter(|(_, (d, _))| *d == addr) {
+            let (len, from) = with_deadline(target.recv_from(&mut buf)).await.unwrap();
+            assert_eq!(from.ip(), a.relay.ip());
+            assert_eq!(&buf[..len], payload(n, *size).as_slice(), "datagram {n}");
+        }
+        assert!(nothing_arrives(target).await, "no extra datagram at {addr}");
+    }
+
+    // Replies: a burst of equal datagrams, then a shorter one, from one source.
+    let (_, from) = {
+        a.send(&addr_a.to_string(), b"where are you").await;
+        let mut buf = [0u8; 64];
+        with_deadline(target_a.recv_from(&mut buf)).await.unwrap()
+    };
+    let sizes = [700, 700, 700, 700, 700, 700, 700, 700, 700, 10];
+    for (n, size) in sizes.iter().enumerate() {
+        target_a.send_to(&payload(n, *size), from).await.unwrap();
+    }
+    for (n, size) in sizes.iter().enumerate() {
+        let (src, got) = a.recv().await;
+        assert_eq!(src, Addr::Ip(addr_a));
+        assert_eq!(got, payload(n, *size), "reply {n}");
+    }
+    assert!(nothing_arrives(&a.socket).await);
+}

