@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Notify};
 
-use super::{bounded, numbered, Better, Ctx, Record, UdpArgs, Via, LOOPBACK};
+use super::{bounded, numbered, udp_socket, Better, Ctx, Record, UdpArgs, Via};
 
 /// Echo target: each datagram back to its sender.
 pub(super) async fn echo(sock: UdpSocket) {
@@ -39,7 +39,7 @@ pub(super) async fn udp(ctx: Ctx, a: UdpArgs) -> anyhow::Result<Vec<Record>> {
     if a.rate.is_none() && a.window == 0 {
         bail!("--window must be at least 1");
     }
-    let sock = Arc::new(UdpSocket::bind(LOOPBACK).await?);
+    let sock = Arc::new(udp_socket()?);
     let local = sock.local_addr()?;
     let echo_addr = ctx.targets.udp_echo;
 
