@@ -565,6 +565,11 @@ fn machine() -> BTreeMap<&'static str, String> {
     if let Ok(k) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
         m.insert("kernel", k.trim().to_string());
     }
+    // The generator's sockets (and Dante's and microsocks') use this; ferrosocks uses its
+    // `local_congestion` (default cubic) on loopback, so a reader can tell the two apart.
+    if let Ok(cc) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control") {
+        m.insert("tcp_congestion_control", cc.trim().to_string());
+    }
     if let Ok(mem) = std::fs::read_to_string("/proc/meminfo") {
         if let Some(l) = mem.lines().find(|l| l.starts_with("MemTotal")) {
             m.insert(
