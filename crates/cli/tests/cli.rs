@@ -113,6 +113,36 @@ fn check_config_points_at_the_bad_line_and_exits_2() {
 }
 
 #[test]
+fn check_config_warns_about_a_congestion_control_this_host_lacks() {
+    // Well formed, so the file is valid (exit 0), but no kernel has it.
+    let path = temp_file("cc.toml", "[server]\nlocal_congestion = \"nosuchcc\"\n");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: local_congestion \"nosuchcc\" is not usable"),
+        "{err}"
+    );
+    // The built-in one passes without a word.
+    let path = temp_file("cc-ok.toml", "[server]\nlocal_congestion = \"reno\"\n");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn serve_refuses_an_open_proxy_and_names_the_flag() {
     let out = Command::new(BIN)
         .args(["serve", "--listen", "0.0.0.0:0"])

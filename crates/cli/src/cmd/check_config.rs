@@ -15,6 +15,16 @@ pub(crate) fn run(file: &Path) -> ExitCode {
                 config.users.len(),
                 config.rules.rules().len()
             );
+            // Valid, but this host may not have it: the server would start and warn too.
+            if let Some(name) = &config.local_congestion {
+                if let Err(e) = ferrosocks_server::tcp_tuning::check_available(name) {
+                    eprintln!(
+                        "{}: warning: local_congestion {name:?} is not usable on this host ({e}); \
+                         loopback tunnels would keep the system's congestion control",
+                        file.display()
+                    );
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
