@@ -494,7 +494,7 @@ fn build(
             .clone()
             .or(s.local_congestion.as_ref().map(|n| n.get_ref().clone()))
         {
-            Some(name) if name == "system" => None,
+            Some(name) if name.eq_ignore_ascii_case("system") => None,
             Some(name) => Some(name),
             None => Config::default().local_congestion,
         },
@@ -574,10 +574,13 @@ mod tests {
     #[test]
     fn local_congestion_defaults_to_cubic_and_system_turns_it_off() {
         let c = parse("").unwrap();
-        assert_eq!(c.local_congestion.as_deref(), Some("cubic"));
+        let default = cfg!(target_os = "linux").then_some("cubic");
+        assert_eq!(c.local_congestion.as_deref(), default);
         let c = parse("[server]\nlocal_congestion = \"reno\"\n").unwrap();
         assert_eq!(c.local_congestion.as_deref(), Some("reno"));
         let c = parse("[server]\nlocal_congestion = \"system\"\n").unwrap();
+        assert_eq!(c.local_congestion, None);
+        let c = parse("[server]\nlocal_congestion = \"System\"\n").unwrap();
         assert_eq!(c.local_congestion, None);
         let err =
             parse("[server]\nrelay = \"splice\"\nlocal_congestion = \"cubic; rm\"\n").unwrap_err();

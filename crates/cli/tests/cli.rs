@@ -112,6 +112,7 @@ fn check_config_points_at_the_bad_line_and_exits_2() {
     assert!(err.contains("kerberos"), "{err}");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn check_config_warns_about_a_congestion_control_this_host_lacks() {
     // Well formed, so the file is valid (exit 0), but no kernel has it.

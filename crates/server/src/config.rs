@@ -114,7 +114,8 @@ impl Default for Config {
             allow_open_proxy: false,
             access_log: AccessLog::Off,
             relay_mode: RelayMode::default(),
-            local_congestion: Some(DEFAULT_LOCAL_CONGESTION.to_owned()),
+            local_congestion: cfg!(target_os = "linux")
+                .then(|| DEFAULT_LOCAL_CONGESTION.to_owned()),
         }
     }
 }

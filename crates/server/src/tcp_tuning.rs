@@ -13,11 +13,16 @@
 
 use std::net::IpAddr;
 
+#[cfg(target_os = "linux")]
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
-/// The congestion control loopback tunnels use unless configured otherwise. Cubic is the
-/// kernel's built-in default and is allowed to unprivileged processes everywhere.
+/// The congestion control loopback tunnels use unless configured otherwise (on Linux; other
+/// systems cannot choose per socket, so there the default is none). Cubic is the kernel's
+/// usual built-in default. An unprivileged server may only use what
+/// `net.ipv4.tcp_allowed_congestion_control` lists (by default the boot default and reno);
+/// where cubic is not allowed the server warns at start and loopback tunnels keep the
+/// system's choice.
 pub const DEFAULT_LOCAL_CONGESTION: &str = "cubic";
 
 /// Longest congestion control name Linux accepts (`TCP_CA_NAME_MAX` less the NUL).

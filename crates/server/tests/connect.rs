@@ -186,17 +186,24 @@ async fn bulk_round(mode: RelayMode) {
     );
 }
 
-/// The congestion control `ss` reports for the established sockets matching `filter`.
+/// The congestion control `ss` reports for the established sockets matching `filter`: on
+/// each socket's info line, the word before the first `key:value` field (it follows flags
+/// such as `ts` and `sack`).
+#[cfg(target_os = "linux")]
 fn congestion_seen_by_ss(filter: &str) -> Vec<String> {
     let out = std::process::Command::new("ss")
         .args(["-tinH", "state", "established", filter])
         .output()
         .expect("ss (iproute2) runs; scripts/test-all installs it");
-    let known = ["reno", "cubic", "bbr", "dctcp", "vegas", "westwood", "htcp"];
     String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| known.contains(w))
-        .map(str::to_owned)
+        .lines()
+        .filter(|l| l.starts_with(char::is_whitespace))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .take_while(|w| !w.contains(':'))
+                .last()
+                .map(str::to_owned)
+        })
         .collect()
 }
 

@@ -298,13 +298,28 @@ impl Lane {
                             }
                         }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        // Nothing of the run was sent (a UDP send is all or nothing). The
-                        // kernel lacks UDP_SEGMENT, the device cannot checksum, or a segment
-                        // exceeds the route's MTU: the datagrams go one by one from now on,
-                        // and any error that was really theirs is reported there.
+                        // Nothing of the run was sent: a UDP send is all or nothing (except
+                        // on a few software devices that can fail with ENETDOWN after some
+                        // segments left; those datagrams may then arrive twice, which UDP
+                        // allows). The run goes one by one, so an error that belongs to its
+                        // destination (EACCES, ENETUNREACH, a path MTU below the segment)
+                        // is reported per datagram as without segmentation. Only an error
+                        // that says this socket cannot segment at all turns it off.
                         Err(e) => {
-                            tracing::debug!(error = %e, "UDP: segmented send refused; sending datagrams one by one");
-                            self.segmented = false;
+                            let cannot_segment = mmsg::cannot_segment(&e);
+                            if cannot_segment {
+                                tracing::debug!(error = %e, "UDP: segmented sends refused; sending datagrams one by one");
+                            }
+                            for o in run {
+                                match socket.send_to(o.bytes(slots), o.dest).await {
+                                    Ok(_) => state.relayed(direction, o.counted, now),
+                                    Err(e) => state.send_failed(direction, o.dest, &e),
+                                }
+                            }
+                            next += run.len();
+                            if cannot_segment {
+                                self.segmented = false;
+                            }
                             continue;
                         }
                     }
@@ -751,9 +766,23 @@ mod mmsg {
     }
 
     /// Largest datagram sent segmented: it fits the MTU of an Ethernet path (1500 less the
-    /// IPv4 and UDP headers). The kernel refuses segments larger than the route's MTU, and
-    /// the per-datagram cost that segmentation saves matters most for small datagrams.
-    const GSO_MAX_SEGMENT: usize = 1472;
+    /// IP and UDP headers: 28 bytes for IPv4, 48 for IPv6). The kernel refuses segments
+    /// larger than the route's MTU, and the per-datagram cost that segmentation saves
+    /// matters most for small datagrams.
+    fn gso_max_segment(dest: SocketAddr) -> usize {
+        match dest {
+            SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => 1452,
+            _ => 1472,
+        }
+    }
+
+    /// Whether a refused segmented send means the socket cannot segment at all (no
+    /// `UDP_SEGMENT` in this kernel, a device that cannot checksum), rather than a problem
+    /// of one destination or path.
+    pub(super) fn cannot_segment(e: &io::Error) -> bool {
+        use nix::libc::{EIO, ENOPROTOOPT, EOPNOTSUPP};
+        matches!(e.raw_os_error(), Some(EIO | ENOPROTOOPT | EOPNOTSUPP))
+    }
     /// Largest segmented send: the kernel's limit on one UDP message, less room for headers.
     const GSO_MAX_BYTES: usize = 65_000;
 
@@ -767,7 +796,7 @@ mod mmsg {
             return 0;
         };
         let len = first.bytes(slots).len();
-        if len == 0 || len > GSO_MAX_SEGMENT {
+        if len == 0 || len > gso_max_segment(first.dest) {
             return 1;
         }
         let limit = outgoing.len().min(SLOTS).min(GSO_MAX_BYTES / len);
@@ -861,11 +890,96 @@ mod tests {
         assert_eq!(run(&[(a, 0), (a, 0)]), 1);
         assert_eq!(run(&[(a, 1473), (a, 1473)]), 1);
         assert_eq!(run(&[(a, 1472), (a, 1472)]), 2);
+        let v6: SocketAddr = "[2001:db8::1]:53".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:53".parse().unwrap();
+        assert_eq!(run(&[(v6, 1453), (v6, 1453)]), 1);
+        assert_eq!(run(&[(v6, 1452), (v6, 1452)]), 2);
+        assert_eq!(run(&[(mapped, 1472), (mapped, 1472)]), 2);
         // At most one batch per send.
         assert_eq!(run(&vec![(a, 10); SLOTS + 3]), SLOTS);
         // Singles stop where the next run starts.
         assert_eq!(singles(&[(a, 1), (b, 1), (b, 1)]), 1);
         assert_eq!(singles(&[(a, 1), (b, 2), (a, 3), (a, 3)]), 2);
         assert_eq!(singles(&[(a, 1), (b, 2), (a, 3)]), 3);
+    }
+
+    #[cfg(target_os = "linux")]
+    fn owned(dest: SocketAddr, bytes: Vec<u8>) -> Outgoing {
+        Outgoing {
+            counted: bytes.len() as u64,
+            data: Payload::Owned(bytes),
+            dest,
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    async fn recv_all(socket: &UdpSocket) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut buf)).await
+        {
+            got.push(buf[..n].to_vec());
+        }
+        got
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_segmented_send_arrives_as_the_original_datagrams() {
+        use std::os::fd::AsRawFd;
+        let sender = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = receiver.local_addr().unwrap();
+        let run: Vec<Outgoing> = (0..3u8).map(|i| owned(to, vec![i; 100])).collect();
+        mmsg::send_segmented(sender.as_raw_fd(), &[], &run).unwrap();
+        assert_eq!(
+            recv_all(&receiver).await,
+            vec![vec![0u8; 100], vec![1u8; 100], vec![2u8; 100]]
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_run_refused_for_its_destination_goes_one_by_one_and_segmentation_stays_on() {
+        // An IPv4 socket cannot send to an IPv6 address: the kernel refuses it locally, as
+        // it would refuse a destination the rules of the host forbid.
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let good = receiver.local_addr().unwrap();
+        let refused: SocketAddr = "[::1]:9".parse().unwrap();
+        let mut state = State {
+            client_addr: None,
+            reassembly: Reassembly::new(Duration::from_secs(5)),
+            names: HashMap::new(),
+            stats: UdpStats::default(),
+            last_activity: Instant::now(),
+        };
+        let mut lane = Lane::new();
+        lane.outgoing = vec![
+            owned(refused, vec![9; 50]),
+            owned(refused, vec![9; 50]),
+            owned(good, vec![1; 60]),
+            owned(good, vec![2; 60]),
+        ];
+        lane.send(&socket, &mut state, Direction::Up, Instant::now())
+            .await;
+        assert_eq!(state.stats.dropped, 2, "each refused datagram is counted");
+        assert_eq!(state.stats.datagrams_up, 2);
+        assert!(
+            lane.segmented,
+            "a destination's error does not turn segmentation off"
+        );
+        assert!(lane.outgoing.is_empty());
+        assert_eq!(
+            recv_all(&receiver).await,
+            vec![vec![1u8; 60], vec![2u8; 60]]
+        );
+        assert!(mmsg::cannot_segment(&io::Error::from_raw_os_error(
+            nix::libc::EIO
+        )));
+        assert!(!mmsg::cannot_segment(&io::Error::from_raw_os_error(
+            nix::libc::EACCES
+        )));
     }
 }

@@ -147,12 +147,14 @@ async fn every_scenario(proxy: Option<SocketAddr>) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread, as `ferrosocks bench` runs (see main.rs).
+#[tokio::test]
 async fn every_scenario_direct() {
     with_deadline(every_scenario(None)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The generator on one thread as in the binary; the in-process server shares it here.
+#[tokio::test]
 async fn every_scenario_through_ferrosocks() {
     ferrosocks_testkit::raise_fd_limit();
     let server = spawn_server(test_config()).await;

@@ -171,6 +171,8 @@ pub(super) async fn udp(ctx: Ctx, a: UdpArgs) -> anyhow::Result<Vec<Record>> {
         "rate": a.rate,
         "relay": relay.to_string(),
         "seconds": secs,
+        // What the kernel granted of the 8 MiB asked for (capped by net.core.rmem_max).
+        "generator_receive_buffer": socket2::SockRef::from(&*sock).recv_buffer_size().ok(),
     });
     let case = format!("udp {size} B");
     Ok(vec![
