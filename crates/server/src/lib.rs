@@ -138,7 +138,7 @@ impl ServerHandle {
 
 impl Server {
     /// Validates the configuration and binds every listen address.
-    pub async fn bind(config: Config) -> Result<Server, Error> {
+    pub async fn bind(mut config: Config) -> Result<Server, Error> {
         config.validate()?;
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
@@ -148,13 +148,7 @@ impl Server {
             })?;
             listeners.push(listener);
         }
-        if let Some(name) = &config.local_congestion {
-            if let Err(e) = tcp_tuning::check_available(name) {
-                tracing::warn!(
-                    "local_congestion {name:?} cannot be used ({e}); loopback tunnels keep the system's congestion control"
-                );
-            }
-        }
+        config.local_congestion = tcp_tuning::usable(config.local_congestion.take());
         let shared = Arc::new(Shared::new(config));
         Ok(Server { listeners, shared })
     }

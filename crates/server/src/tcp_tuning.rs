@@ -73,6 +73,32 @@ pub fn check_available(_name: &str) -> std::io::Result<()> {
     ))
 }
 
+/// The algorithm loopback tunnels will really use for the configured `name`, checked once
+/// at start-up: `name` when this host allows it; for the default (cubic) on a host that
+/// does not let this user choose it (a kernel built with another default), reno, which
+/// every kernel has and allows and which measured the same on loopback; otherwise none,
+/// with a warning.
+pub fn usable(name: Option<String>) -> Option<String> {
+    let name = name?;
+    let error = match check_available(&name) {
+        Ok(()) => return Some(name),
+        Err(e) => e,
+    };
+    if name == DEFAULT_LOCAL_CONGESTION && check_available(FALLBACK_LOCAL_CONGESTION).is_ok() {
+        tracing::info!(
+            "local_congestion {name:?} cannot be used ({error}); loopback tunnels use {FALLBACK_LOCAL_CONGESTION:?}"
+        );
+        return Some(FALLBACK_LOCAL_CONGESTION.to_owned());
+    }
+    tracing::warn!(
+        "local_congestion {name:?} cannot be used ({error}); loopback tunnels keep the system's congestion control"
+    );
+    None
+}
+
+/// Used instead of the default where the default is not allowed.
+const FALLBACK_LOCAL_CONGESTION: &str = "reno";
+
 /// The congestion control a socket uses (for tests and diagnostics).
 #[cfg(target_os = "linux")]
 pub fn congestion_of(stream: &TcpStream) -> std::io::Result<String> {
@@ -146,5 +172,13 @@ mod tests {
             assert!(check_available("reno").is_ok());
             assert!(check_available("no-such-cc").is_err());
         }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unusable_choice_is_dropped_at_start() {
+        assert_eq!(usable(None), None);
+        assert_eq!(usable(Some("reno".into())).as_deref(), Some("reno"));
+        assert_eq!(usable(Some("no-such-cc".into())), None);
     }
 }

@@ -17,7 +17,11 @@ pub(crate) fn run(file: &Path) -> ExitCode {
             );
             // Valid, but this host may not have it: the server would start and warn too.
             if let Some(name) = &config.local_congestion {
-                if let Err(e) = ferrosocks_server::tcp_tuning::check_available(name) {
+                // The default has a fallback (see `tcp_tuning::usable`); a name that ends up
+                // unused is worth a word.
+                let used = ferrosocks_server::tcp_tuning::usable(Some(name.clone()));
+                if let (None, Err(e)) = (used, ferrosocks_server::tcp_tuning::check_available(name))
+                {
                     eprintln!(
                         "{}: warning: local_congestion {name:?} is not usable on this host ({e}); \
                          loopback tunnels would keep the system's congestion control",
