@@ -113,6 +113,13 @@ fn cases(a: &PeersArgs, tunnels: usize) -> Vec<Case> {
             scenario: "udp",
             args: s(&["udp", "--size", "512", "--window", "64"]),
         },
+        // The same datagrams at a fixed rate that direct sustains without loss: what a
+        // relay loses or keeps up with (the field report in the seeds lost packets).
+        Case {
+            name: "udp rate",
+            scenario: "udp",
+            args: s(&["udp", "--size", "512", "--rate", "150000"]),
+        },
         Case {
             name: "idle",
             scenario: "idle",

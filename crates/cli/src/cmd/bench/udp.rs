@@ -174,7 +174,10 @@ pub(super) async fn udp(ctx: Ctx, a: UdpArgs) -> anyhow::Result<Vec<Record>> {
         // What the kernel granted of the 8 MiB asked for (capped by net.core.rmem_max).
         "generator_receive_buffer": socket2::SockRef::from(&*sock).recv_buffer_size().ok(),
     });
-    let case = format!("udp {size} B");
+    let case = match a.rate {
+        Some(rate) => format!("udp {size} B at {rate}/s"),
+        None => format!("udp {size} B"),
+    };
     Ok(vec![
         Record::new(
             &case,
