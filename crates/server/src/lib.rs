@@ -116,7 +116,8 @@ impl Shared {
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
-    listeners: Vec<TcpListener>,
+    /// Each with what the sockets it accepts inherit from it.
+    listeners: Vec<(TcpListener, tcp_tuning::Inherited)>,
     shared: Arc<Shared>,
 }
 
@@ -140,15 +141,17 @@ impl Server {
     /// Validates the configuration and binds every listen address.
     pub async fn bind(mut config: Config) -> Result<Server, Error> {
         config.validate()?;
+        config.local_congestion = tcp_tuning::usable(config.local_congestion.take());
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
-            let listener = listen(*addr).map_err(|source| Error::Listen {
-                addr: *addr,
-                source,
+            let listener = listen(*addr, config.local_congestion.as_deref()).map_err(|source| {
+                Error::Listen {
+                    addr: *addr,
+                    source,
+                }
             })?;
             listeners.push(listener);
         }
-        config.local_congestion = tcp_tuning::usable(config.local_congestion.take());
         let shared = Arc::new(Shared::new(config));
         Ok(Server { listeners, shared })
     }
@@ -157,7 +160,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|(l, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -174,12 +177,13 @@ impl Server {
         let stop = CancellationToken::new();
         let sessions = TaskTracker::new();
         let mut accept_loops = Vec::new();
-        for listener in self.listeners {
+        for (listener, inherited) in self.listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!("listening on {addr}");
             }
             accept_loops.push(tokio::spawn(listener::run(
                 listener,
+                inherited,
                 self.shared.clone(),
                 sessions.clone(),
                 stop.clone(),
@@ -206,7 +210,10 @@ impl Server {
 
 /// A listening socket: address reuse so a restart does not wait for TIME_WAIT, IPv6
 /// sockets IPv6-only so `[::]` and `0.0.0.0` can be listened on side by side.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+fn listen(
+    addr: SocketAddr,
+    local_congestion: Option<&str>,
+) -> std::io::Result<(TcpListener, tcp_tuning::Inherited)> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if addr.is_ipv6() {
@@ -214,6 +221,9 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    // Before `listen`: a connection the kernel completes takes the listener's options at
+    // that moment, whether or not it has been accepted yet.
+    let inherited = tcp_tuning::tune_listener(&socket, addr, local_congestion);
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok((TcpListener::from_std(socket.into())?, inherited))
 }

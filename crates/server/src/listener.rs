@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::{session, Shared};
+use crate::{session, tcp_tuning, Shared};
 
 const BACKOFF_START: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(
     listener: TcpListener,
+    inherited: tcp_tuning::Inherited,
     shared: Arc<Shared>,
     sessions: TaskTracker,
     stop: CancellationToken,
@@ -48,7 +49,7 @@ pub(crate) async fn run(
                 // Events that matter at info level carry the client themselves.
                 let span = tracing::debug_span!("session", %client);
                 sessions.spawn(
-                    session::run(stream, client, shared.clone(), permit, handshake)
+                    session::run(stream, client, shared.clone(), permit, handshake, inherited)
                         .instrument(span),
                 );
             }

@@ -108,13 +108,15 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     _connection: OwnedSemaphorePermit,
     handshake_permit: OwnedSemaphorePermit,
+    inherited: tcp_tuning::Inherited,
 ) {
     let started = Instant::now();
     let mut record = SessionRecord::new(client);
-    tcp_tuning::tune(
+    tcp_tuning::tune_accepted(
         &stream,
         client.ip(),
         shared.config.local_congestion.as_deref(),
+        inherited,
     );
     let mut conn = Conn {
         stream,
@@ -263,6 +265,7 @@ mod tests {
             shared,
             permits.clone().try_acquire_owned().unwrap(),
             permits.try_acquire_owned().unwrap(),
+            crate::tcp_tuning::Inherited::default(),
         );
         let bytes = size(&session);
         assert!(bytes <= 2560, "session future grew to {bytes} bytes");
