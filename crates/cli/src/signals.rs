@@ -1,20 +1,42 @@
 //! Process-level setup: signals and the open-files limit.
 
-use tokio::signal::unix::{signal, SignalKind};
+use std::future::Future;
 
-/// Completes on the first SIGTERM or SIGINT.
-pub(crate) async fn shutdown() {
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C will stop the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+/// Watches SIGTERM and SIGINT from now on and returns a future that completes on the
+/// first. Registering here, before the server binds and says where it listens, matters:
+/// until a handler is registered a signal takes its default action and kills the process
+/// with no drain and no exit code 0 (a test once sent SIGTERM in that window).
+pub(crate) fn shutdown() -> impl Future<Output = ()> + Send + 'static {
+    let term = watch(SignalKind::terminate(), "SIGTERM");
+    let int = watch(SignalKind::interrupt(), "SIGINT");
+    async move {
+        tokio::select! {
+            () = received(term) => tracing::info!("SIGTERM received"),
+            () = received(int) => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Registers for `kind` now; `None` (with a warning) if the OS refuses.
+pub(crate) fn watch(kind: SignalKind, name: &str) -> Option<Signal> {
+    match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch {name}");
+            None
+        }
+    }
+}
+
+/// Completes when the signal arrives; never, for a signal that could not be watched.
+async fn received(signal: Option<Signal>) {
+    match signal {
+        Some(mut s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 

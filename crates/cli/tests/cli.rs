@@ -143,6 +143,42 @@ fn check_config_warns_about_a_congestion_control_this_host_lacks() {
     );
 }
 
+/// Waits for the child to exit (at most 10 s) and returns its exit code (`None`: killed by
+/// a signal).
+fn exit_code_within_10s(served: &mut Served) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "server did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send_signal(served: &Served, signal: &str) {
+    let pid = served.child.id().to_string();
+    assert!(Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// A signal sent the moment the server says where it listens finds its handler: SIGHUP
+/// reloads instead of killing, SIGTERM drains and exits 0. (The handlers were once
+/// registered only after the listeners were running, and a quick SIGTERM killed the
+/// process with the default action.)
+#[test]
+fn signals_sent_right_after_start_are_handled() {
+    for _ in 0..5 {
+        let mut served = serve("", "--listen 127.0.0.1:0");
+        send_signal(&served, "-HUP");
+        send_signal(&served, "-TERM");
+        assert_eq!(exit_code_within_10s(&mut served), Some(0));
+    }
+}
+
 #[test]
 fn serve_refuses_an_open_proxy_and_names_the_flag() {
     let out = Command::new(BIN)

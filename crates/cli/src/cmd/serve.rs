@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use ferrosocks_server::{Server, ServerHandle};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{Signal, SignalKind};
 
 use crate::args::ServeArgs;
 use crate::config_file;
@@ -20,6 +20,10 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     };
     logging::init(&log);
     signals::raise_fd_limit();
+    // Before the server binds and logs where it listens: a signal sent as soon as it is
+    // reachable must find its handler (see `signals::shutdown`).
+    let shutdown = signals::shutdown();
+    let hup = signals::watch(SignalKind::hangup(), "SIGHUP");
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -28,18 +32,18 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tokio::spawn(reload_on_sighup(server.handle(), args));
-    server.run(signals::shutdown()).await;
+    if let Some(hup) = hup {
+        tokio::spawn(reload_on_sighup(hup, server.handle(), args));
+    } else {
+        tracing::warn!("reloading on SIGHUP is disabled");
+    }
+    server.run(shutdown).await;
     ExitCode::SUCCESS
 }
 
 /// Re-reads the configuration on SIGHUP and swaps users, methods and rules. A bad file is
 /// reported and the running settings stay.
-async fn reload_on_sighup(handle: ServerHandle, args: ServeArgs) {
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot watch SIGHUP; reloading is disabled");
-        return;
-    };
+async fn reload_on_sighup(mut hup: Signal, handle: ServerHandle, args: ServeArgs) {
     while hup.recv().await.is_some() {
         match config_file::load(args.config.as_deref(), &args.overrides) {
             Ok((config, _)) => {
