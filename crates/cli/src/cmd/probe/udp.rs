@@ -306,6 +306,9 @@ async fn one_echo(s: &Settings, client: &Client, echo: &UdpEcho) -> Verdict {
     }
 }
 
+/// How many times within one step `udp.multi` sends a datagram that has not come back.
+const UDP_SENDS: u32 = 3;
+
 async fn several(
     s: &Settings,
     client: &Client,
@@ -315,19 +318,29 @@ async fn several(
     let datas: Vec<Vec<u8>> = (0..echoes.len())
         .map(|i| payload(&format!("udp.multi #{i}")))
         .collect();
-    for (echo, data) in echoes.iter().zip(&datas) {
-        if let Err(e) = client.send(echo.addr, Frag::STANDALONE, data).await {
-            return b.fail(format!("cannot send to the relay: {e}"));
-        }
-    }
     let deadline = Instant::now() + s.step;
     let mut got: Vec<Option<Addr>> = vec![None; echoes.len()];
-    while got.iter().any(Option::is_none) {
-        let Some(r) = client.recv(deadline).await else {
-            break;
-        };
-        if let Some(i) = datas.iter().position(|d| *d == r.payload) {
-            got[i] = Some(r.header.dst);
+    // UDP may lose a datagram (a loaded relay, one still setting up its route to a new
+    // destination): like any UDP client, resend what has not come back, a few times
+    // within the step, before calling a destination unreachable.
+    let round = (s.step / UDP_SENDS).max(Duration::from_millis(100));
+    while got.iter().any(Option::is_none) && Instant::now() < deadline {
+        for ((echo, data), seen) in echoes.iter().zip(&datas).zip(&got) {
+            if seen.is_some() {
+                continue;
+            }
+            if let Err(e) = client.send(echo.addr, Frag::STANDALONE, data).await {
+                return b.fail(format!("cannot send to the relay: {e}"));
+            }
+        }
+        let round_end = deadline.min(Instant::now() + round);
+        while got.iter().any(Option::is_none) {
+            let Some(r) = client.recv(round_end).await else {
+                break;
+            };
+            if let Some(i) = datas.iter().position(|d| *d == r.payload) {
+                got[i] = Some(r.header.dst);
+            }
         }
     }
     let mut problems = Vec::new();
