@@ -80,6 +80,15 @@ fn socks_connect(proxy: SocketAddr, target: SocketAddr) -> std::io::Result<(TcpS
     Ok((s, head.to_vec()))
 }
 
+/// Runs `ferrosocks check-config FILE`.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_accepts_the_example_file() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ferrosocks.example.toml");
@@ -101,11 +110,7 @@ fn check_config_points_at_the_bad_line_and_exits_2() {
         "bad.toml",
         "[server]\nlisten = [\"127.0.0.1:1080\"]\n\n[auth]\nmethods = [\"none\", \"kerberos\"]\n",
     );
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:5:", path.display())), "{err}");
@@ -117,11 +122,7 @@ fn check_config_points_at_the_bad_line_and_exits_2() {
 fn check_config_warns_about_a_congestion_control_this_host_lacks() {
     // Well formed, so the file is valid (exit 0), but no kernel has it.
     let path = temp_file("cc.toml", "[server]\nlocal_congestion = \"nosuchcc\"\n");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -130,11 +131,7 @@ fn check_config_warns_about_a_congestion_control_this_host_lacks() {
     );
     // The built-in one passes without a word.
     let path = temp_file("cc-ok.toml", "[server]\nlocal_congestion = \"reno\"\n");
-    let out = Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = check_config(&path);
     assert!(out.status.success());
     assert!(
         out.stderr.is_empty(),

@@ -311,10 +311,7 @@ impl Lane {
                                 tracing::debug!(error = %e, "UDP: segmented sends refused; sending datagrams one by one");
                             }
                             for o in run {
-                                match socket.send_to(o.bytes(slots), o.dest).await {
-                                    Ok(_) => state.relayed(direction, o.counted, now),
-                                    Err(e) => state.send_failed(direction, o.dest, &e),
-                                }
+                                send_one(socket, slots, o, state, direction, now).await;
                             }
                             next += run.len();
                             if cannot_segment {
@@ -357,14 +354,27 @@ impl Lane {
                     }
                 }
             }
-            let o = &self.outgoing[next];
-            match socket.send_to(o.bytes(slots), o.dest).await {
-                Ok(_) => state.relayed(direction, o.counted, now),
-                Err(e) => state.send_failed(direction, o.dest, &e),
-            }
+            send_one(socket, slots, &self.outgoing[next], state, direction, now).await;
             next += 1;
         }
         self.outgoing.clear();
+    }
+}
+
+/// Sends one datagram with `send_to` (waiting for room like the batched paths) and counts
+/// it as relayed or dropped: the path every datagram can take, and the one that reports
+/// an error as that datagram's own.
+async fn send_one(
+    socket: &UdpSocket,
+    slots: &[u8],
+    o: &Outgoing,
+    state: &mut State,
+    direction: Direction,
+    now: Instant,
+) {
+    match socket.send_to(o.bytes(slots), o.dest).await {
+        Ok(_) => state.relayed(direction, o.counted, now),
+        Err(e) => state.send_failed(direction, o.dest, &e),
     }
 }
 
