@@ -14,7 +14,6 @@
 
 use std::net::IpAddr;
 
-#[cfg(target_os = "linux")]
 use socket2::SockRef;
 use tokio::net::TcpStream;
 
@@ -22,8 +21,7 @@ use tokio::net::TcpStream;
 /// systems cannot choose per socket, so there the default is none). Cubic is the kernel's
 /// usual built-in default. An unprivileged server may only use what
 /// `net.ipv4.tcp_allowed_congestion_control` lists (by default the boot default and reno);
-/// where cubic is not allowed the server warns at start and loopback tunnels keep the
-/// system's choice.
+/// where cubic is not allowed, loopback tunnels use reno instead (see [`choose`]).
 pub const DEFAULT_LOCAL_CONGESTION: &str = "cubic";
 
 /// Longest congestion control name Linux accepts (`TCP_CA_NAME_MAX` less the NUL).
@@ -62,9 +60,10 @@ pub(crate) fn tune_listener(
         return Inherited::default();
     }
     let nodelay = socket.set_nodelay(true).is_ok();
-    let loopback = addr.ip().to_canonical().is_loopback();
     let congestion = match local_congestion {
-        Some(name) if loopback => set_congestion_on(socket, name),
+        Some(name) if is_local_peer(addr.ip()) => {
+            set_congestion(SockRef::from(socket), name).is_ok()
+        }
         // Nothing to set: what the system gives is what is wanted.
         None => true,
         Some(_) => false,
@@ -92,68 +91,65 @@ pub(crate) fn tune_accepted(
     }
     if let Some(name) = local_congestion {
         if is_local_peer(peer) {
-            set_congestion(stream, name);
+            let _ = set_congestion(SockRef::from(stream), name);
         }
     }
 }
 
+/// `TCP_CONGESTION` on any TCP socket: the one place the option is set.
 #[cfg(target_os = "linux")]
-fn set_congestion_on(socket: &socket2::Socket, name: &str) -> bool {
-    socket.set_tcp_congestion(name.as_bytes()).is_ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_congestion_on(_socket: &socket2::Socket, _name: &str) -> bool {
-    false
-}
-
-#[cfg(target_os = "linux")]
-fn set_congestion(stream: &TcpStream, name: &str) {
-    let _ = SockRef::from(stream).set_tcp_congestion(name.as_bytes());
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_congestion(_stream: &TcpStream, _name: &str) {}
-
-/// Tries `name` on a fresh socket, so a misspelt or unloaded algorithm (or one that
-/// `net.ipv4.tcp_allowed_congestion_control` does not allow this user) is reported once
-/// when the server starts rather than silently on every connection.
-#[cfg(target_os = "linux")]
-pub fn check_available(name: &str) -> std::io::Result<()> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+fn set_congestion(socket: SockRef<'_>, name: &str) -> std::io::Result<()> {
     socket.set_tcp_congestion(name.as_bytes())
 }
 
-/// Congestion control cannot be chosen per socket here; the setting has no effect.
+/// Congestion control cannot be chosen per socket here.
 #[cfg(not(target_os = "linux"))]
-pub fn check_available(_name: &str) -> std::io::Result<()> {
+fn set_congestion(_socket: SockRef<'_>, _name: &str) -> std::io::Result<()> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
         "per-socket congestion control needs Linux",
     ))
 }
 
-/// The algorithm loopback tunnels will really use for the configured `name`, checked once
-/// at start-up: `name` when this host allows it; for the default (cubic) on a host that
-/// does not let this user choose it (a kernel built with another default), reno, which
-/// every kernel has and allows and which measured the same on loopback; otherwise none,
-/// with a warning.
+/// Tries `name` on a fresh socket, so a misspelt or unloaded algorithm (or one that
+/// `net.ipv4.tcp_allowed_congestion_control` does not allow this user) is reported once
+/// when the server starts rather than silently on every connection.
+pub fn check_available(name: &str) -> std::io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    set_congestion(SockRef::from(&socket), name)
+}
+
+/// The algorithm loopback tunnels will really use for the configured `name`: `name` when
+/// this host allows it; for the default (cubic) on a host that does not let this user
+/// choose it (a kernel built with another default), reno, which every kernel has and
+/// allows and which measured the same on loopback. Otherwise the reason `name` cannot be
+/// used, and loopback tunnels keep the system's choice.
+pub fn choose(name: &str) -> std::io::Result<String> {
+    match check_available(name) {
+        Ok(()) => Ok(name.to_owned()),
+        Err(_)
+            if name == DEFAULT_LOCAL_CONGESTION
+                && check_available(FALLBACK_LOCAL_CONGESTION).is_ok() =>
+        {
+            tracing::info!(
+                "local_congestion {name:?} is not allowed here; loopback tunnels use {FALLBACK_LOCAL_CONGESTION:?}"
+            );
+            Ok(FALLBACK_LOCAL_CONGESTION.to_owned())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`choose`] once at start-up, with a warning when nothing can be used.
 pub fn usable(name: Option<String>) -> Option<String> {
     let name = name?;
-    let error = match check_available(&name) {
-        Ok(()) => return Some(name),
-        Err(e) => e,
-    };
-    if name == DEFAULT_LOCAL_CONGESTION && check_available(FALLBACK_LOCAL_CONGESTION).is_ok() {
-        tracing::info!(
-            "local_congestion {name:?} cannot be used ({error}); loopback tunnels use {FALLBACK_LOCAL_CONGESTION:?}"
-        );
-        return Some(FALLBACK_LOCAL_CONGESTION.to_owned());
-    }
-    tracing::warn!(
-        "local_congestion {name:?} cannot be used ({error}); loopback tunnels keep the system's congestion control"
-    );
-    None
+    choose(&name)
+        .inspect_err(|e| {
+            tracing::warn!(
+                "local_congestion {name:?} cannot be used ({e}); loopback tunnels keep the system's congestion control"
+            )
+        })
+        .ok()
 }
 
 /// Used instead of the default where the default is not allowed.

@@ -16,12 +16,9 @@ pub(crate) fn run(file: &Path) -> ExitCode {
                 config.rules.rules().len()
             );
             // Valid, but this host may not have it: the server would start and warn too.
+            // (The default has a fallback, which `choose` applies.)
             if let Some(name) = &config.local_congestion {
-                // The default has a fallback (see `tcp_tuning::usable`); a name that ends up
-                // unused is worth a word.
-                let used = ferrosocks_server::tcp_tuning::usable(Some(name.clone()));
-                if let (None, Err(e)) = (used, ferrosocks_server::tcp_tuning::check_available(name))
-                {
+                if let Err(e) = ferrosocks_server::tcp_tuning::choose(name) {
                     eprintln!(
                         "{}: warning: local_congestion {name:?} is not usable on this host ({e}); \
                          loopback tunnels would keep the system's congestion control",

@@ -275,63 +275,31 @@ impl Lane {
             if self.batched {
                 use std::os::fd::AsRawFd;
                 let rest = &self.outgoing[next..];
+                // Either a run that goes out segmented (one message), or the datagrams up
+                // to where the next such run begins (one message each).
                 let run = if self.segmented {
                     mmsg::gso_run(slots, rest)
                 } else {
                     1
                 };
-                if run >= 2 {
-                    let run = &rest[..run];
-                    match socket.try_io(tokio::io::Interest::WRITABLE, || {
-                        mmsg::send_segmented(socket.as_raw_fd(), slots, run)
-                    }) {
-                        Ok(()) => {
-                            for o in run {
-                                state.relayed(direction, o.counted, now);
-                            }
-                            next += run.len();
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            if socket.writable().await.is_ok() {
-                                continue;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        // Nothing of the run was sent: a UDP send is all or nothing (except
-                        // on a few software devices that can fail with ENETDOWN after some
-                        // segments left; those datagrams may then arrive twice, which UDP
-                        // allows). The run goes one by one, so an error that belongs to its
-                        // destination (EACCES, ENETUNREACH, a path MTU below the segment)
-                        // is reported per datagram as without segmentation. Only an error
-                        // that says this socket cannot segment at all turns it off.
-                        Err(e) => {
-                            let cannot_segment = mmsg::cannot_segment(&e);
-                            if cannot_segment {
-                                tracing::debug!(error = %e, "UDP: segmented sends refused; sending datagrams one by one");
-                            }
-                            for o in run {
-                                send_one(socket, slots, o, state, direction, now).await;
-                            }
-                            next += run.len();
-                            if cannot_segment {
-                                self.segmented = false;
-                            }
-                            continue;
-                        }
-                    }
-                }
-                // Up to where the next run begins, so the run goes out segmented.
-                let rest = if self.segmented {
+                let segmented = run >= 2;
+                let batch = if segmented {
+                    &rest[..run]
+                } else if self.segmented {
                     &rest[..mmsg::singles(slots, rest)]
                 } else {
                     rest
                 };
+                let fd = socket.as_raw_fd();
                 match socket.try_io(tokio::io::Interest::WRITABLE, || {
-                    mmsg::send(socket.as_raw_fd(), slots, rest)
+                    if segmented {
+                        mmsg::send_segmented(fd, slots, batch).map(|()| batch.len())
+                    } else {
+                        mmsg::send(fd, slots, batch)
+                    }
                 }) {
                     Ok(sent) => {
-                        for o in &rest[..sent] {
+                        for o in &batch[..sent] {
                             state.relayed(direction, o.counted, now);
                         }
                         next += sent;
@@ -343,10 +311,31 @@ impl Lane {
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // The first datagram of the rest failed. Errors belong to one destination
-                    // (EACCES, ENETUNREACH, EMSGSIZE…), so that datagram alone takes the
-                    // per-datagram path below, which reports its error exactly as before
-                    // (or sends it, if the error was passing).
+                    // Nothing of the run was sent: a UDP send is all or nothing (except
+                    // on a few software devices that can fail with ENETDOWN after some
+                    // segments left; those datagrams may then arrive twice, which UDP
+                    // allows). The run goes one by one, so an error that belongs to its
+                    // destination (EACCES, ENETUNREACH, a path MTU below the segment)
+                    // is reported per datagram as without segmentation. Only an error
+                    // that says this socket cannot segment at all turns it off.
+                    Err(e) if segmented => {
+                        let cannot_segment = mmsg::cannot_segment(&e);
+                        if cannot_segment {
+                            tracing::debug!(error = %e, "UDP: segmented sends refused; sending datagrams one by one");
+                        }
+                        for o in batch {
+                            send_one(socket, slots, o, state, direction, now).await;
+                        }
+                        next += batch.len();
+                        if cannot_segment {
+                            self.segmented = false;
+                        }
+                        continue;
+                    }
+                    // The first datagram of the batch failed. Errors belong to one
+                    // destination (EACCES, ENETUNREACH, EMSGSIZE…), so that datagram alone
+                    // takes the per-datagram path below, which reports its error exactly as
+                    // before (or sends it, if the error was passing).
                     Err(e) => {
                         if e.raw_os_error() == Some(nix::libc::ENOSYS) {
                             self.batched = false;
