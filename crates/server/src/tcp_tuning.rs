@@ -59,7 +59,7 @@ pub(crate) fn tune_listener(
     if !cfg!(target_os = "linux") {
         return Inherited::default();
     }
-    let nodelay = socket.set_nodelay(true).is_ok();
+    let nodelay = socket.set_tcp_nodelay(true).is_ok();
     let congestion = match local_congestion {
         Some(name) if is_local_peer(addr.ip()) => {
             set_congestion(SockRef::from(socket), name).is_ok()
