@@ -111,6 +111,8 @@ struct RawServer {
     max_udp_associations: Option<usize>,
     relay: Option<Parsed<RelayMode>>,
     local_congestion: Option<Spanned<String>>,
+    #[serde(default, with = "humantime_serde")]
+    busy_poll: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +222,10 @@ pub(crate) struct Overrides {
     /// or "system" to keep the system default everywhere [default: cubic].
     #[arg(long, value_name = "NAME|system")]
     pub(crate) local_congestion: Option<String>,
+    /// After a tunnel or UDP association moves data, poll this long for more without
+    /// sleeping (saves a wake-up per round trip; costs CPU), "0" for never [default: 50us].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) busy_poll: Option<Duration>,
     /// Diagnostic log level (error, warn, info, debug, trace) or a RUST_LOG-style filter.
     #[arg(long, value_name = "LEVEL")]
     pub(crate) log_level: Option<String>,
@@ -498,6 +504,10 @@ fn build(
             Some(name) => Some(name),
             None => Config::default().local_congestion,
         },
+        busy_poll: cli
+            .busy_poll
+            .or(s.busy_poll)
+            .unwrap_or(Config::default().busy_poll),
     };
     for (name, value) in [
         ("max_connections", config.limits.max_connections),
@@ -586,6 +596,18 @@ mod tests {
             parse("[server]\nrelay = \"splice\"\nlocal_congestion = \"cubic; rm\"\n").unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
         assert!(err.message.contains("congestion control name"), "{err}");
+    }
+
+    #[test]
+    fn busy_poll_defaults_to_50us_zero_turns_it_off_and_long_windows_are_refused() {
+        assert_eq!(parse("").unwrap().busy_poll, Duration::from_micros(50));
+        let c = parse("[server]\nbusy_poll = \"200us\"\n").unwrap();
+        assert_eq!(c.busy_poll, Duration::from_micros(200));
+        let c = parse("[server]\nbusy_poll = \"0s\"\n").unwrap();
+        assert_eq!(c.busy_poll, Duration::ZERO);
+        let err = parse("[server]\nbusy_poll = \"2ms\"\n").unwrap_err();
+        assert!(err.message.contains("busy_poll"), "{err}");
+        assert!(err.message.contains("turns it off"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::access_log::AccessLog;
 use crate::auth::{AuthMethod, Users};
+use crate::busy_poll::{DEFAULT_BUSY_POLL, MAX_BUSY_POLL};
 use crate::relay::RelayMode;
 use crate::rules::{Action, Rules};
 use crate::tcp_tuning::{DEFAULT_LOCAL_CONGESTION, MAX_CONGESTION_NAME};
@@ -98,6 +99,10 @@ pub struct Config {
     /// (loopback); `None` keeps the system default. Default: `cubic`, because a pacing
     /// default such as BBR only costs timers on loopback (see [`crate::tcp_tuning`]).
     pub local_congestion: Option<String>,
+    /// How long a tunnel or UDP association polls without sleeping after it moved data,
+    /// so that a quick answer is picked up without a wake-up (see [`crate::busy_poll`]);
+    /// zero turns it off. Default 50 µs, at most [`MAX_BUSY_POLL`].
+    pub busy_poll: Duration,
 }
 
 impl Default for Config {
@@ -116,6 +121,7 @@ impl Default for Config {
             relay_mode: RelayMode::default(),
             local_congestion: cfg!(target_os = "linux")
                 .then(|| DEFAULT_LOCAL_CONGESTION.to_owned()),
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 }
@@ -146,6 +152,11 @@ pub enum ConfigError {
     /// A congestion control name the kernel could never accept.
     #[error("local_congestion {0:?} is not a congestion control name (1 to 15 letters, digits, '_' or '-'; \"system\" keeps the default)")]
     BadCongestionName(String),
+    /// A busy-poll window so long it would mostly burn CPU.
+    #[error(
+        "busy_poll {0:?} is longer than the most allowed ({MAX_BUSY_POLL:?}); \"0\" turns it off"
+    )]
+    BusyPollTooLong(Duration),
 }
 
 impl Config {
@@ -170,6 +181,9 @@ impl Config {
             if !well_formed {
                 return Err(ConfigError::BadCongestionName(name.clone()));
             }
+        }
+        if self.busy_poll > MAX_BUSY_POLL {
+            return Err(ConfigError::BusyPollTooLong(self.busy_poll));
         }
         if let Some(range) = &self.udp_port_range {
             if range.is_empty() {

@@ -27,6 +27,7 @@
 pub mod access_log;
 pub mod auth;
 mod bind;
+pub mod busy_poll;
 pub mod config;
 mod connect;
 pub mod error;

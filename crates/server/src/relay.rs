@@ -19,6 +19,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::busy_poll::until_ready;
+
 /// Copy-mode buffer while a direction is busy. 64 KiB moves a loopback stream with few
 /// syscalls; it is freed as soon as the socket has nothing more to read.
 const COPY_BUFFER: usize = 64 * 1024;
@@ -123,9 +125,10 @@ async fn pump_copy(
     dst: &TcpStream,
     moved: &AtomicU64,
     activity: &Activity,
+    busy_poll: Duration,
 ) -> io::Result<()> {
     loop {
-        src.readable().await?;
+        until_ready(busy_poll, || src.readable()).await?;
         let mut buf = Vec::new();
         loop {
             if buf.is_empty() {
@@ -147,12 +150,14 @@ async fn pump_copy(
 }
 
 /// Relays between `client` and `target` until both directions are closed, one fails, or
-/// nothing moves for `idle`.
+/// nothing moves for `idle`. After each chunk a direction polls for the next one without
+/// sleeping for `busy_poll` (see [`crate::busy_poll`]).
 pub async fn relay(
     client: &TcpStream,
     target: &TcpStream,
     idle: Duration,
     mode: RelayMode,
+    busy_poll: Duration,
     pipes: &PipePool,
 ) -> RelayStats {
     let up = AtomicU64::new(0);
@@ -165,15 +170,15 @@ pub async fn relay(
         match mode {
             #[cfg(target_os = "linux")]
             RelayMode::Splice => tokio::try_join!(
-                splice::pump(client, target, pipes, &up, &activity),
-                splice::pump(target, client, pipes, &down, &activity)
+                splice::pump(client, target, pipes, &up, &activity, busy_poll),
+                splice::pump(target, client, pipes, &down, &activity, busy_poll)
             )
             .map(|_| ()),
             _ => {
                 let _ = pipes;
                 tokio::try_join!(
-                    pump_copy(client, target, &up, &activity),
-                    pump_copy(target, client, &down, &activity)
+                    pump_copy(client, target, &up, &activity, busy_poll),
+                    pump_copy(target, client, &down, &activity, busy_poll)
                 )
                 .map(|_| ())
             }
@@ -207,12 +212,13 @@ mod splice {
     use std::os::fd::{AsFd, OwnedFd};
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::{shutdown_write, Activity};
+    use super::{shutdown_write, until_ready, Activity};
 
     /// Pipe capacity asked for. Larger pipes move a bulk stream in fewer splice calls; the
     /// kernel may grant less (`/proc/sys/fs/pipe-max-size`), which only costs calls.
@@ -275,9 +281,10 @@ mod splice {
         pool: &PipePool,
         moved: &AtomicU64,
         activity: &Activity,
+        busy_poll: Duration,
     ) -> io::Result<()> {
         loop {
-            src.readable().await?;
+            until_ready(busy_poll, || src.readable()).await?;
             let pipe = pool.take()?;
             let filled = src.try_io(Interest::READABLE, || {
                 splice(src.as_fd(), None, &pipe.write, None, pipe.capacity, FLAGS)

@@ -1,6 +1,8 @@
 use ferrosocks_proto::{Addr, Command, Rep};
+use ferrosocks_server::busy_poll::DEFAULT_BUSY_POLL;
 use ferrosocks_server::RelayMode;
 use ferrosocks_testkit::{spawn_server, tcp_echo, test_config, with_deadline, RawClient};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -112,11 +114,13 @@ async fn handshake_sent_one_byte_at_a_time() {
 #[tokio::test]
 async fn half_close_is_passed_on_in_both_directions() {
     for mode in [RelayMode::Splice, RelayMode::Copy] {
-        half_close_round(mode).await;
+        for busy_poll in [Duration::ZERO, DEFAULT_BUSY_POLL] {
+            half_close_round(mode, busy_poll).await;
+        }
     }
 }
 
-async fn half_close_round(mode: RelayMode) {
+async fn half_close_round(mode: RelayMode, busy_poll: Duration) {
     // A target that reads until EOF, then answers with what it counted, then closes.
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target_addr = target.local_addr().unwrap();
@@ -131,6 +135,7 @@ async fn half_close_round(mode: RelayMode) {
     });
     let mut config = test_config();
     config.relay_mode = mode;
+    config.busy_poll = busy_poll;
     let server = spawn_server(config).await;
     let mut c = RawClient::connect(server.addr).await;
     c.greet_no_auth().await;
@@ -155,14 +160,17 @@ async fn half_close_round(mode: RelayMode) {
 #[tokio::test]
 async fn bulk_transfer_is_byte_exact() {
     for mode in [RelayMode::Splice, RelayMode::Copy] {
-        bulk_round(mode).await;
+        for busy_poll in [Duration::ZERO, DEFAULT_BUSY_POLL] {
+            bulk_round(mode, busy_poll).await;
+        }
     }
 }
 
-async fn bulk_round(mode: RelayMode) {
+async fn bulk_round(mode: RelayMode, busy_poll: Duration) {
     let echo = tcp_echo("127.0.0.1:0").await;
     let mut config = test_config();
     config.relay_mode = mode;
+    config.busy_poll = busy_poll;
     let server = spawn_server(config).await;
     let mut c = RawClient::connect(server.addr).await;
     c.greet_no_auth().await;
@@ -178,7 +186,7 @@ async fn bulk_round(mode: RelayMode) {
     let mut got = Vec::new();
     with_deadline(r.read_to_end(&mut got)).await.unwrap();
     writer.await.unwrap();
-    assert!(got == data, "echoed data differs ({mode:?})");
+    assert!(got == data, "echoed data differs ({mode:?}, {busy_poll:?})");
     let line = server.wait_for_log("\"end\":\"closed\"").await;
     assert!(
         line.contains("\"bytes_up\":4000000") && line.contains("\"bytes_down\":4000000"),

@@ -107,6 +107,26 @@ async fn udp_round_trips_to_several_destinations_through_one_association() {
 }
 
 #[tokio::test]
+async fn udp_round_trips_with_busy_polling_off_and_at_its_longest() {
+    let echo = udp_echo("127.0.0.1:0").await;
+    for busy_poll in [Duration::ZERO, ferrosocks_server::busy_poll::MAX_BUSY_POLL] {
+        let mut config = test_config();
+        config.busy_poll = busy_poll;
+        config.timeouts.udp_idle = Duration::from_millis(300);
+        let server = spawn_server(config).await;
+        let mut a = associate(&server, "127.0.0.1:0", None).await;
+        for round in 0..20 {
+            let payload = format!("round {round} ({busy_poll:?})");
+            a.send(&echo.to_string(), payload.as_bytes()).await;
+            let (_, got) = a.recv().await;
+            assert_eq!(got, payload.as_bytes());
+        }
+        // Polling after the last datagram does not keep the association from idling out.
+        a.control.expect_eof().await;
+    }
+}
+
+#[tokio::test]
 async fn udp_large_datagram_round_trip() {
     let echo = udp_echo("127.0.0.1:0").await;
     let server = spawn_server(test_config()).await;

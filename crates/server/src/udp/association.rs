@@ -42,6 +42,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::busy_poll::{self, Spin};
 use crate::resolve::resolve;
 use crate::rules::{Decision, RuleInput, Rules};
 use crate::Shared;
@@ -391,20 +392,26 @@ impl Association {
         tokio::pin!(idle_timer);
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
+        let mut spin = Spin::new(self.shared.config.busy_poll);
         state.stats.end = loop {
             let held = up.slots.is_some() || down.slots.is_some();
+            let spinning = spin.active();
             tokio::select! {
+                // Right after traffic: check for the next datagram without sleeping.
+                () = busy_poll::tick(), if spinning => continue,
                 ready = self.client_socket.readable() => {
                     if ready.is_err() {
                         break "relay socket failed";
                     }
                     self.relay_up(&mut state, &mut up, outbound_v6).await;
+                    spin.moved();
                 }
                 ready = self.outbound.readable() => {
                     if ready.is_err() {
                         break "relay socket failed";
                     }
                     self.relay_down(&mut state, &mut down).await;
+                    spin.moved();
                 }
                 // The control connection closed (or the server is stopping).
                 () = &mut stopped => break "ended with its TCP connection",
