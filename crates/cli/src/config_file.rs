@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use ferrosocks_proto::Command;
 use ferrosocks_server::{
-    AccessLog, Action, AuthMethod, Cidr, Config, ConfigError, Limits, RelayMode, Rule, Rules, Sink,
-    TargetPattern, Timeouts, Users,
+    AccessLog, Action, AuthMethod, BusyPoll, Cidr, Config, ConfigError, Limits, RelayMode, Rule,
+    Rules, Sink, TargetPattern, Timeouts, Users,
 };
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
@@ -27,6 +27,24 @@ where
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map(Parsed).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `busy_poll`: `"auto"` or a duration (`"50us"`, `"0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BusyPollSetting(pub(crate) BusyPoll);
+
+impl FromStr for BusyPollSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(BusyPollSetting(BusyPoll::Auto));
+        }
+        humantime::parse_duration(s)
+            .map(|d| BusyPollSetting(BusyPoll::Window(d)))
+            .map_err(|e| {
+                format!("busy_poll {s:?}: {e} (expected \"auto\" or a duration such as \"50us\")")
+            })
     }
 }
 
@@ -111,8 +129,7 @@ struct RawServer {
     max_udp_associations: Option<usize>,
     relay: Option<Parsed<RelayMode>>,
     local_congestion: Option<Spanned<String>>,
-    #[serde(default, with = "humantime_serde")]
-    busy_poll: Option<Duration>,
+    busy_poll: Option<Parsed<BusyPollSetting>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -223,9 +240,10 @@ pub(crate) struct Overrides {
     #[arg(long, value_name = "NAME|system")]
     pub(crate) local_congestion: Option<String>,
     /// After a tunnel or UDP association moves data, poll this long for more without
-    /// sleeping (saves a wake-up per round trip; costs CPU), "0" for never [default: 50us].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
-    pub(crate) busy_poll: Option<Duration>,
+    /// sleeping (saves a wake-up per round trip; costs CPU); "0" never; "auto" 50us when
+    /// the server runs one worker thread (one CPU or pinned), else off [default: auto].
+    #[arg(long, value_name = "auto|DURATION")]
+    pub(crate) busy_poll: Option<BusyPollSetting>,
     /// Diagnostic log level (error, warn, info, debug, trace) or a RUST_LOG-style filter.
     #[arg(long, value_name = "LEVEL")]
     pub(crate) log_level: Option<String>,
@@ -506,8 +524,9 @@ fn build(
         },
         busy_poll: cli
             .busy_poll
-            .or(s.busy_poll)
-            .unwrap_or(Config::default().busy_poll),
+            .or(s.busy_poll.map(|b| b.0))
+            .map(|b| b.0)
+            .unwrap_or_default(),
     };
     for (name, value) in [
         ("max_connections", config.limits.max_connections),
@@ -599,12 +618,17 @@ mod tests {
     }
 
     #[test]
-    fn busy_poll_defaults_to_50us_zero_turns_it_off_and_long_windows_are_refused() {
-        assert_eq!(parse("").unwrap().busy_poll, Duration::from_micros(50));
+    fn busy_poll_defaults_to_auto_zero_turns_it_off_and_long_windows_are_refused() {
+        assert_eq!(parse("").unwrap().busy_poll, BusyPoll::Auto);
+        let c = parse("[server]\nbusy_poll = \"auto\"\n").unwrap();
+        assert_eq!(c.busy_poll, BusyPoll::Auto);
         let c = parse("[server]\nbusy_poll = \"200us\"\n").unwrap();
-        assert_eq!(c.busy_poll, Duration::from_micros(200));
-        let c = parse("[server]\nbusy_poll = \"0s\"\n").unwrap();
-        assert_eq!(c.busy_poll, Duration::ZERO);
+        assert_eq!(c.busy_poll, BusyPoll::Window(Duration::from_micros(200)));
+        let c = parse("[server]\nbusy_poll = \"0\"\n").unwrap();
+        assert_eq!(c.busy_poll, BusyPoll::Window(Duration::ZERO));
+        let err = parse("[server]\nbusy_poll = \"soon\"\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        assert!(err.message.contains("\"auto\""), "{err}");
         let err = parse("[server]\nbusy_poll = \"2ms\"\n").unwrap_err();
         assert!(err.message.contains("busy_poll"), "{err}");
         assert!(err.message.contains("turns it off"), "{err}");

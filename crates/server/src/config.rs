@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::access_log::AccessLog;
 use crate::auth::{AuthMethod, Users};
-use crate::busy_poll::{DEFAULT_BUSY_POLL, MAX_BUSY_POLL};
+use crate::busy_poll::{BusyPoll, MAX_BUSY_POLL};
 use crate::relay::RelayMode;
 use crate::rules::{Action, Rules};
 use crate::tcp_tuning::{DEFAULT_LOCAL_CONGESTION, MAX_CONGESTION_NAME};
@@ -101,8 +101,9 @@ pub struct Config {
     pub local_congestion: Option<String>,
     /// How long a tunnel or UDP association polls without sleeping after it moved data,
     /// so that a quick answer is picked up without a wake-up (see [`crate::busy_poll`]);
-    /// zero turns it off. Default 50 µs, at most [`MAX_BUSY_POLL`].
-    pub busy_poll: Duration,
+    /// a zero window turns it off. Default [`BusyPoll::Auto`]: 50 µs when the server runs
+    /// on one worker thread, off otherwise. At most [`MAX_BUSY_POLL`].
+    pub busy_poll: BusyPoll,
 }
 
 impl Default for Config {
@@ -121,7 +122,7 @@ impl Default for Config {
             relay_mode: RelayMode::default(),
             local_congestion: cfg!(target_os = "linux")
                 .then(|| DEFAULT_LOCAL_CONGESTION.to_owned()),
-            busy_poll: DEFAULT_BUSY_POLL,
+            busy_poll: BusyPoll::Auto,
         }
     }
 }
@@ -182,8 +183,10 @@ impl Config {
                 return Err(ConfigError::BadCongestionName(name.clone()));
             }
         }
-        if self.busy_poll > MAX_BUSY_POLL {
-            return Err(ConfigError::BusyPollTooLong(self.busy_poll));
+        if let BusyPoll::Window(window) = self.busy_poll {
+            if window > MAX_BUSY_POLL {
+                return Err(ConfigError::BusyPollTooLong(window));
+            }
         }
         if let Some(range) = &self.udp_port_range {
             if range.is_empty() {

@@ -42,6 +42,7 @@ mod udp;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
@@ -51,6 +52,7 @@ use tokio_util::task::TaskTracker;
 
 pub use access_log::{AccessLog, SessionRecord, Sink};
 pub use auth::{AuthMethod, Credential, Users};
+pub use busy_poll::BusyPoll;
 pub use config::{Config, ConfigError, Limits, Timeouts};
 pub use relay::RelayMode;
 pub use rules::{Action, Cidr, Rule, Rules, TargetPattern};
@@ -88,6 +90,8 @@ pub(crate) struct Shared {
     pub(crate) handshakes: Arc<Semaphore>,
     pub(crate) udp_associations: Arc<Semaphore>,
     pub(crate) pipes: relay::PipePool,
+    /// The busy-poll window, resolved for the runtime the server was built on.
+    pub(crate) busy_poll: Duration,
 }
 
 impl Shared {
@@ -102,6 +106,7 @@ impl Shared {
             handshakes: Arc::new(Semaphore::new(config.limits.max_handshakes)),
             udp_associations: Arc::new(Semaphore::new(config.limits.max_udp_associations)),
             pipes: relay::PipePool::new(),
+            busy_poll: config.busy_poll.window(),
             config,
         }
     }
@@ -154,6 +159,15 @@ impl Server {
             listeners.push(listener);
         }
         let shared = Arc::new(Shared::new(config));
+        tracing::info!(
+            "busy-polling after traffic: {}",
+            match (shared.config.busy_poll, shared.busy_poll.is_zero()) {
+                (_, false) => format!("{:?}", shared.busy_poll),
+                (BusyPoll::Auto, true) =>
+                    "off (several worker threads; busy_poll = \"50us\" forces it)".to_owned(),
+                (_, true) => "off".to_owned(),
+            }
+        );
         Ok(Server { listeners, shared })
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::busy_poll::until_ready;
+use crate::busy_poll::{until_ready, Spin};
 
 /// Copy-mode buffer while a direction is busy. 64 KiB moves a loopback stream with few
 /// syscalls; it is freed as soon as the socket has nothing more to read.
@@ -127,8 +127,10 @@ async fn pump_copy(
     activity: &Activity,
     busy_poll: Duration,
 ) -> io::Result<()> {
+    // Polls without sleeping only for `busy_poll` after bytes last moved.
+    let mut spin = Spin::new(busy_poll);
     loop {
-        until_ready(busy_poll, || src.readable()).await?;
+        until_ready(spin.remaining(), || src.readable()).await?;
         let mut buf = Vec::new();
         loop {
             if buf.is_empty() {
@@ -145,6 +147,7 @@ async fn pump_copy(
             write_all(dst, &buf[..n]).await?;
             moved.fetch_add(n as u64, Ordering::Relaxed);
             activity.touch();
+            spin.moved();
         }
     }
 }
@@ -218,7 +221,7 @@ mod splice {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::{shutdown_write, until_ready, Activity};
+    use super::{shutdown_write, until_ready, Activity, Spin};
 
     /// Pipe capacity asked for. Larger pipes move a bulk stream in fewer splice calls; the
     /// kernel may grant less (`/proc/sys/fs/pipe-max-size`), which only costs calls.
@@ -283,8 +286,10 @@ mod splice {
         activity: &Activity,
         busy_poll: Duration,
     ) -> io::Result<()> {
+        // Polls without sleeping only for `busy_poll` after bytes last moved.
+        let mut spin = Spin::new(busy_poll);
         loop {
-            until_ready(busy_poll, || src.readable()).await?;
+            until_ready(spin.remaining(), || src.readable()).await?;
             let pipe = pool.take()?;
             let filled = src.try_io(Interest::READABLE, || {
                 splice(src.as_fd(), None, &pipe.write, None, pipe.capacity, FLAGS)
@@ -318,6 +323,7 @@ mod splice {
             pool.put(pipe);
             moved.fetch_add(total as u64, Ordering::Relaxed);
             activity.touch();
+            spin.moved();
         }
     }
 }

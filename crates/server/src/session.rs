@@ -93,7 +93,7 @@ pub(crate) async fn run_tunnel(
         far,
         shared.config.timeouts.idle,
         shared.config.relay_mode,
-        shared.config.busy_poll,
+        shared.busy_poll,
         &shared.pipes,
     )
     .await;

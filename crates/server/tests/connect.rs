@@ -1,5 +1,6 @@
 use ferrosocks_proto::{Addr, Command, Rep};
 use ferrosocks_server::busy_poll::DEFAULT_BUSY_POLL;
+use ferrosocks_server::BusyPoll;
 use ferrosocks_server::RelayMode;
 use ferrosocks_testkit::{spawn_server, tcp_echo, test_config, with_deadline, RawClient};
 use std::time::Duration;
@@ -135,7 +136,7 @@ async fn half_close_round(mode: RelayMode, busy_poll: Duration) {
     });
     let mut config = test_config();
     config.relay_mode = mode;
-    config.busy_poll = busy_poll;
+    config.busy_poll = BusyPoll::Window(busy_poll);
     let server = spawn_server(config).await;
     let mut c = RawClient::connect(server.addr).await;
     c.greet_no_auth().await;
@@ -170,7 +171,7 @@ async fn bulk_round(mode: RelayMode, busy_poll: Duration) {
     let echo = tcp_echo("127.0.0.1:0").await;
     let mut config = test_config();
     config.relay_mode = mode;
-    config.busy_poll = busy_poll;
+    config.busy_poll = BusyPoll::Window(busy_poll);
     let server = spawn_server(config).await;
     let mut c = RawClient::connect(server.addr).await;
     c.greet_no_auth().await;

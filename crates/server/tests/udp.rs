@@ -111,8 +111,8 @@ async fn udp_round_trips_with_busy_polling_off_and_at_its_longest() {
     let echo = udp_echo("127.0.0.1:0").await;
     for busy_poll in [Duration::ZERO, ferrosocks_server::busy_poll::MAX_BUSY_POLL] {
         let mut config = test_config();
-        config.busy_poll = busy_poll;
-        config.timeouts.udp_idle = Duration::from_millis(300);
+        config.busy_poll = ferrosocks_server::BusyPoll::Window(busy_poll);
+        config.timeouts.udp_idle = Duration::from_secs(1);
         let server = spawn_server(config).await;
         let mut a = associate(&server, "127.0.0.1:0", None).await;
         for round in 0..20 {

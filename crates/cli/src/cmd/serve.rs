@@ -50,7 +50,7 @@ async fn reload_on_sighup(mut hup: Signal, handle: ServerHandle, args: ServeArgs
                 tracing::info!(
                     users = config.users.len(),
                     rules = config.rules.rules().len(),
-                    "SIGHUP: reloaded users, methods and rules (listen addresses and timeouts need a restart)"
+                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion and busy_poll need a restart)"
                 );
                 handle.reload(config.auth_methods, config.users, config.rules);
             }

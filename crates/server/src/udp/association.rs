@@ -392,7 +392,7 @@ impl Association {
         tokio::pin!(idle_timer);
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
-        let mut spin = Spin::new(self.shared.config.busy_poll);
+        let mut spin = Spin::new(self.shared.busy_poll);
         state.stats.end = loop {
             let held = up.slots.is_some() || down.slots.is_some();
             let spinning = spin.active();
@@ -403,15 +403,17 @@ impl Association {
                     if ready.is_err() {
                         break "relay socket failed";
                     }
-                    self.relay_up(&mut state, &mut up, outbound_v6).await;
-                    spin.moved();
+                    if self.relay_up(&mut state, &mut up, outbound_v6).await {
+                        spin.moved();
+                    }
                 }
                 ready = self.outbound.readable() => {
                     if ready.is_err() {
                         break "relay socket failed";
                     }
-                    self.relay_down(&mut state, &mut down).await;
-                    spin.moved();
+                    if self.relay_down(&mut state, &mut down).await {
+                        spin.moved();
+                    }
                 }
                 // The control connection closed (or the server is stopping).
                 () = &mut stopped => break "ended with its TCP connection",
@@ -440,7 +442,8 @@ impl Association {
     }
 
     /// Client to target: drains the client socket (bounded by [`BATCH`]) one batch at a time.
-    async fn relay_up(&self, state: &mut State, lane: &mut Lane, outbound_v6: bool) {
+    /// Whether any datagram came in.
+    async fn relay_up(&self, state: &mut State, lane: &mut Lane, outbound_v6: bool) -> bool {
         let mut budget = BATCH;
         while budget > 0 {
             let got = lane.receive(&self.client_socket, budget);
@@ -466,11 +469,12 @@ impl Association {
             }
             lane.send(&self.outbound, state, Direction::Up, now).await;
         }
+        budget < BATCH
     }
 
     /// Target to client: drains the outbound socket (bounded by [`BATCH`]) one batch at a
-    /// time.
-    async fn relay_down(&self, state: &mut State, lane: &mut Lane) {
+    /// time. Whether any datagram came in.
+    async fn relay_down(&self, state: &mut State, lane: &mut Lane) -> bool {
         let mut budget = BATCH;
         while budget > 0 {
             let got = lane.receive(&self.outbound, budget);
@@ -495,6 +499,7 @@ impl Association {
             lane.send(&self.client_socket, state, Direction::Down, now)
                 .await;
         }
+        budget < BATCH
     }
 
     /// What becomes of one client datagram, `slots[at..at + r.len]`: sent on (returned),
