@@ -129,15 +129,8 @@ impl Spin {
     }
 
     /// Whether the window is still open.
-    pub(crate) fn active(&mut self) -> bool {
-        match self.until {
-            Some(until) if Instant::now() < until => true,
-            Some(_) => {
-                self.until = None;
-                false
-            }
-            None => false,
-        }
+    pub(crate) fn active(&self) -> bool {
+        !self.remaining().is_zero()
     }
 }
 

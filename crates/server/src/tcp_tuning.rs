@@ -186,32 +186,35 @@ mod tests {
         assert!(!is_local_peer(IpAddr::V6("2001:db8::1".parse().unwrap())));
     }
 
+    /// A connected loopback pair: (client, server, the server's view of the client).
     #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn a_loopback_socket_gets_the_local_congestion_control() {
+    async fn loopback_pair() -> (TcpStream, TcpStream, std::net::SocketAddr) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, peer) = listener.accept().await.unwrap();
+        (client, server, peer)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_loopback_socket_gets_the_local_congestion_control() {
+        let (client, server, peer) = loopback_pair().await;
         // reno is built into every kernel and allowed to every user.
         tune(&server, peer.ip(), Some("reno"));
         assert_eq!(congestion_of(&server).unwrap(), "reno");
         assert!(server.nodelay().unwrap());
         // `None` leaves the socket as the system made it.
         let before = congestion_of(&client).unwrap();
-        tune(&client, listener.local_addr().unwrap().ip(), None);
+        tune(&client, server.local_addr().unwrap().ip(), None);
         assert_eq!(congestion_of(&client).unwrap(), before);
     }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_socket_told_its_peer_is_remote_keeps_the_system_choice() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (_client, server, _) = loopback_pair().await;
         let before = congestion_of(&server).unwrap();
         let other = if before == "reno" { "cubic" } else { "reno" };
         tune(
