@@ -4,11 +4,12 @@
 #   bench/peers.sh            # about 6 minutes: 3 repetitions, 3 s per measurement, 9000 idle tunnels
 #   bench/peers.sh --quick    # about 2 minutes: 1 s per measurement, 3000 idle tunnels
 #
-# Installs Debian's dante-server and microsocks when missing (as root, apt-get),
-# builds ferrosocks in release mode, and runs `ferrosocks bench peers`, which
-# starts danted, microsocks and `ferrosocks serve` on free loopback ports pinned
-# to CPU 1, runs the generator pinned to CPU 0, interleaves direct / Dante /
-# microsocks / ferrosocks case by case, prints medians and ratios, and writes
+# Installs Debian's dante-server, microsocks and haproxy when missing (as root,
+# apt-get), builds ferrosocks in release mode, and runs `ferrosocks bench peers`,
+# which starts danted, microsocks, HAProxy (a plain TCP forwarder, for the TCP
+# rows only) and `ferrosocks serve` on free loopback ports pinned to CPU 1, runs
+# the generator pinned to CPU 0, interleaves direct / Dante / microsocks /
+# HAProxy / ferrosocks case by case, prints medians and ratios, and writes
 # bench/results/latest.json and bench/results/latest.svg. Any further argument
 # goes to `ferrosocks bench peers` (see its --help). Only loopback is used.
 set -euo pipefail
@@ -20,6 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 missing=()
 command -v danted >/dev/null || [[ -x /usr/sbin/danted ]] || missing+=(dante-server)
 command -v microsocks >/dev/null || missing+=(microsocks)
+command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
 command -v taskset >/dev/null || missing+=(util-linux)
 if ((${#missing[@]})); then
   if ((EUID != 0)); then
@@ -43,4 +45,5 @@ cargo build --release -q -p ferrosocks
 # Every idle tunnel costs the generator and the proxy two descriptors each.
 ulimit -n "$(ulimit -Hn)"
 danted_bin="$(command -v danted || echo /usr/sbin/danted)"
-exec target/release/ferrosocks bench peers --danted "$danted_bin" "$@"
+haproxy_bin="$(command -v haproxy || echo /usr/sbin/haproxy)"
+exec target/release/ferrosocks bench peers --danted "$danted_bin" --haproxy "$haproxy_bin" "$@"

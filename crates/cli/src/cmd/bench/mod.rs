@@ -57,7 +57,8 @@ const BENCH_EXAMPLES: &str = "Examples:
   ferrosocks bench udp --proxy 127.0.0.1:1080 --size 512 --window 64
   ferrosocks bench idle --proxy 127.0.0.1:1080 --proxy-pid $(pgrep -o danted) --tunnels 9000
   ferrosocks bench all --proxy 127.0.0.1:1080 --json out.json
-  bench/peers.sh [--quick]                                  # direct, Dante, microsocks, ferrosocks
+  ferrosocks bench throughput --forward 127.0.0.1:42000 --targets-port 43000  # a plain TCP forwarder
+  bench/peers.sh [--quick]                                  # direct, Dante, microsocks, HAProxy, ferrosocks
 
 The targets (TCP sink, source and echo; UDP echo) run inside this process on 127.0.0.1,
 so the proxy must be on loopback too. Exit codes: 0 success, 1 a failed measurement
@@ -78,7 +79,8 @@ pub(crate) enum Scenario {
     Idle(IdleArgs),
     /// Every scenario above, one after the other, against the same proxy.
     All(AllArgs),
-    /// Direct, Dante, microsocks and ferrosocks interleaved, with medians, ratios and a chart.
+    /// Direct, Dante, microsocks, HAProxy (TCP rows) and ferrosocks interleaved, with
+    /// medians, ratios and a chart.
     Peers(peers::PeersArgs),
 }
 
@@ -86,11 +88,26 @@ pub(crate) enum Scenario {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Common {
     /// The SOCKS5 server: HOST:PORT or socks5://[USER:PASS@]HOST:PORT (loopback only).
-    #[arg(long, value_name = "ADDR", required_unless_present = "direct")]
+    #[arg(long, value_name = "ADDR", required_unless_present_any = ["direct", "forward"])]
     pub(crate) proxy: Option<String>,
     /// No proxy: connect straight to the targets (the loopback limit).
-    #[arg(long, conflicts_with = "proxy")]
+    #[arg(long, conflicts_with_all = ["proxy", "forward"])]
     pub(crate) direct: bool,
+    /// A plain TCP forwarder (HAProxy, socat) instead of a SOCKS server, for comparing
+    /// relays without the SOCKS handshake: a connection for the target at
+    /// `--targets-port` + N goes to this address's port + N (0 sink, 1 source, 2 echo,
+    /// 3 one-shot echo, 4 idle echo). TCP scenarios only.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        conflicts_with = "proxy",
+        requires = "targets_port"
+    )]
+    pub(crate) forward: Option<SocketAddr>,
+    /// Listen for the TCP targets on this port and the four after it (instead of free
+    /// ports), so a forwarder can be pointed at them.
+    #[arg(long, value_name = "PORT")]
+    pub(crate) targets_port: Option<u16>,
     /// Username for RFC 1929 authentication.
     #[arg(long, requires = "pass")]
     pub(crate) user: Option<String>,
@@ -323,6 +340,11 @@ async fn all(ctx: Ctx, a: AllArgs) -> anyhow::Result<Vec<Record>> {
 pub(crate) enum Via {
     /// Straight to the target.
     Direct,
+    /// Through a plain TCP forwarder that maps `forwarder` + N to `targets_port` + N.
+    Forward {
+        forwarder: SocketAddr,
+        targets_port: u16,
+    },
     /// Through a SOCKS5 server.
     Socks {
         proxy: SocketAddr,
@@ -335,6 +357,7 @@ impl Via {
     fn describe(&self) -> String {
         match self {
             Via::Direct => "direct".into(),
+            Via::Forward { forwarder, .. } => format!("TCP forwarder {forwarder}"),
             Via::Socks { proxy, .. } => format!("socks5 {proxy}"),
         }
     }
@@ -342,6 +365,18 @@ impl Via {
     fn from_common(c: &Common) -> anyhow::Result<Via> {
         if c.direct {
             return Ok(Via::Direct);
+        }
+        if let Some(forwarder) = c.forward {
+            if !forwarder.ip().is_loopback() {
+                bail!("--forward {forwarder}: the forwarder must be on loopback");
+            }
+            let targets_port = c
+                .targets_port
+                .ok_or_else(|| anyhow!("--forward needs --targets-port"))?;
+            return Ok(Via::Forward {
+                forwarder,
+                targets_port,
+            });
         }
         let raw = c
             .proxy
@@ -413,7 +448,7 @@ impl Ctx {
     async fn new(common: &Common) -> anyhow::Result<Ctx> {
         Ok(Ctx {
             via: Via::from_common(common)?,
-            targets: Arc::new(Targets::start().await?),
+            targets: Arc::new(Targets::start(common.targets_port).await?),
             timeout: common.timeout,
         })
     }
@@ -436,6 +471,18 @@ impl Ctx {
         match &self.via {
             Via::Direct => {
                 let s = bounded(t, "connect to the target", TcpStream::connect(dst)).await?;
+                s.set_nodelay(true)?;
+                Ok((s, None))
+            }
+            Via::Forward {
+                forwarder,
+                targets_port,
+            } => {
+                if command != Command::CONNECT {
+                    bail!("a TCP forwarder only carries TCP connections (no BIND, no UDP)");
+                }
+                let addr = forwarded(*forwarder, *targets_port, dst)?;
+                let s = bounded(t, "connect to the forwarder", TcpStream::connect(addr)).await?;
                 s.set_nodelay(true)?;
                 Ok((s, None))
             }
@@ -612,14 +659,50 @@ pub(super) fn udp_socket() -> anyhow::Result<UdpSocket> {
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
+/// Where a forwarder that maps `forwarder` + N to `targets_port` + N takes `dst`.
+fn forwarded(
+    forwarder: SocketAddr,
+    targets_port: u16,
+    dst: SocketAddr,
+) -> anyhow::Result<SocketAddr> {
+    let port = dst
+        .port()
+        .checked_sub(targets_port)
+        .filter(|n| *n < TARGETS)
+        .and_then(|n| forwarder.port().checked_add(n))
+        .ok_or_else(|| anyhow!("{dst} is not one of the targets a forwarder reaches"))?;
+    Ok(SocketAddr::new(forwarder.ip(), port))
+}
+
+/// TCP targets: sink, source, echo, one-shot echo, idle echo.
+pub(crate) const TARGETS: u16 = 5;
+
 impl Targets {
-    async fn start() -> anyhow::Result<Targets> {
+    /// Starts every target, the TCP ones on `port`..`port + 4` when given.
+    async fn start(port: Option<u16>) -> anyhow::Result<Targets> {
         let registry = Arc::new(Registry::default());
-        let sink = TcpListener::bind(LOOPBACK).await?;
-        let source = TcpListener::bind(LOOPBACK).await?;
-        let echo = TcpListener::bind(LOOPBACK).await?;
-        let echo_once = TcpListener::bind(LOOPBACK).await?;
-        let idle_echo = TcpListener::bind(LOOPBACK).await?;
+        let at = |n: u16| -> anyhow::Result<SocketAddr> {
+            Ok(match port {
+                None => LOOPBACK,
+                Some(p) => SocketAddr::new(
+                    LOOPBACK.ip(),
+                    p.checked_add(n).ok_or_else(|| {
+                        anyhow!("--targets-port {p}: no room for {TARGETS} ports")
+                    })?,
+                ),
+            })
+        };
+        let bind = |n: u16| async move {
+            let addr = at(n)?;
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding a target on {addr}"))
+        };
+        let sink = bind(0).await?;
+        let source = bind(1).await?;
+        let echo = bind(2).await?;
+        let echo_once = bind(3).await?;
+        let idle_echo = bind(4).await?;
         let udp_echo = udp_socket()?;
         let t = Targets {
             sink: sink.local_addr()?,

@@ -1,4 +1,6 @@
-//! `ferrosocks bench peers`: direct, Dante, microsocks and ferrosocks side by side.
+//! `ferrosocks bench peers`: direct, Dante, microsocks and ferrosocks side by side, with
+//! HAProxy as a plain TCP forwarder beside them: no SOCKS at all, so its figures are what
+//! a mature splice relay on the same core costs, a floor for the TCP rows.
 //!
 //! Every proxy runs on loopback pinned to one core (`taskset -c PROXY_CPU`); every
 //! measurement is a fresh `ferrosocks bench SCENARIO` process pinned to the other core,
@@ -20,7 +22,7 @@ use serde::Serialize;
 use tokio::process::{Child, Command};
 
 use super::report::{self, Row};
-use super::{RunReport, LOOPBACK};
+use super::{RunReport, LOOPBACK, TARGETS};
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct PeersArgs {
@@ -37,7 +39,7 @@ pub(crate) struct PeersArgs {
     #[arg(long)]
     pub(crate) tunnels: Option<usize>,
     /// Contenders, in the order they run within a repetition.
-    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "dante".into(), "microsocks".into(), "ferrosocks".into()])]
+    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "dante".into(), "microsocks".into(), "haproxy".into(), "ferrosocks".into()])]
     pub(crate) contenders: Vec<String>,
     /// Cases to run: throughput, connrate, latency, udp, idle (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -54,6 +56,9 @@ pub(crate) struct PeersArgs {
     /// The microsocks binary.
     #[arg(long, default_value = "microsocks")]
     pub(crate) microsocks: String,
+    /// The HAProxy binary (a TCP forwarder: throughput and latency only).
+    #[arg(long, default_value = "haproxy")]
+    pub(crate) haproxy: String,
     /// The core the proxies are pinned to.
     #[arg(long, default_value_t = 1)]
     pub(crate) proxy_cpu: usize,
@@ -189,10 +194,20 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         bail!("--reps must be at least 1");
     }
     for c in &a.contenders {
-        if !["direct", "dante", "microsocks", "ferrosocks"].contains(&c.as_str()) {
-            bail!("unknown contender {c:?} (direct, dante, microsocks, ferrosocks)");
+        if !CONTENDERS.contains(&c.as_str()) {
+            bail!("unknown contender {c:?} ({})", CONTENDERS.join(", "));
         }
     }
+    // A forwarder has no handshake to name a target, so it maps a block of its ports to
+    // a block of fixed target ports; only measurements through it pin the targets.
+    let forwarding = if a.contenders.iter().any(|c| c == "haproxy") {
+        Some(Forwarding {
+            listen: port_block(TARGETS)?,
+            targets: port_block(TARGETS)?,
+        })
+    } else {
+        None
+    };
     let me = std::env::current_exe().context("locating this executable")?;
     let ferro_bin = a.ferrosocks_bin.clone().unwrap_or_else(|| me.clone());
     // Children inherit the raised limit: every proxy needs two descriptors per tunnel.
@@ -216,7 +231,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     let mut proxies: BTreeMap<String, Proxy> = BTreeMap::new();
     let result = async {
         for c in a.contenders.iter().filter(|c| *c != "direct") {
-            let p = start_proxy(c, &a, &ferro_bin, &work).await?;
+            let p = start_proxy(c, &a, &ferro_bin, &work, forwarding.as_ref()).await?;
             println!("  {c}: {} (pid {})", p.addr, p.pid);
             proxies.insert(c.clone(), p);
         }
@@ -226,16 +241,28 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
             for case in &cases {
                 let mut line = format!("[{}/{}] {:<10}", rep + 1, a.reps, case.name);
                 for c in &a.contenders {
+                    if let Err(why) = applies(c, case.scenario) {
+                        let _ = std::fmt::Write::write_fmt(&mut line, format_args!("  {c}: -"));
+                        raw.push(Raw {
+                            rep,
+                            case: case.name.to_string(),
+                            contender: c.clone(),
+                            report: None,
+                            error: Some(format!("{NOT_APPLICABLE}: {why}")),
+                        });
+                        continue;
+                    }
                     if case.scenario == "idle" && c != "direct" {
                         // A fresh process: memory from earlier cases must not count.
                         if let Some(old) = proxies.remove(c) {
                             stop_proxy(old).await;
                         }
-                        let p = start_proxy(c, &a, &ferro_bin, &work).await?;
+                        let p = start_proxy(c, &a, &ferro_bin, &work, forwarding.as_ref()).await?;
                         proxies.insert(c.clone(), p);
                     }
                     let proxy = proxies.get(c);
-                    let out = measure(&a, &me, case, proxy, duration, &work).await;
+                    let forward = forwarding.as_ref().filter(|_| c == "haproxy");
+                    let out = measure(&a, &me, case, proxy, forward, duration, &work).await;
                     let _ = std::fmt::Write::write_fmt(
                         &mut line,
                         format_args!("  {c}: {}", brief(&out)),
@@ -278,7 +305,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     );
     let mut ok = true;
     for r in &raw {
-        if let Some(e) = &r.error {
+        if let Some(e) = r.error.as_ref().filter(|e| !e.starts_with(NOT_APPLICABLE)) {
             println!("  {} {} rep {}: {e}", r.contender, r.case, r.rep + 1);
             if r.contender == "direct" || r.contender == "ferrosocks" {
                 ok = false;
@@ -380,6 +407,7 @@ async fn measure(
     me: &Path,
     case: &Case,
     proxy: Option<&Proxy>,
+    forward: Option<&Forwarding>,
     duration: Duration,
     work: &Path,
 ) -> anyhow::Result<RunReport> {
@@ -396,11 +424,20 @@ async fn measure(
         .arg("--json")
         .arg(&json)
         .arg("--quiet");
-    match proxy {
-        None => {
+    match (proxy, forward) {
+        (None, _) => {
             cmd.arg("--direct");
         }
-        Some(p) => {
+        (Some(p), Some(f)) => {
+            cmd.arg("--forward")
+                .arg(p.addr.to_string())
+                .arg("--targets-port")
+                .arg(f.targets.to_string());
+            if case.scenario == "idle" {
+                cmd.arg("--proxy-pid").arg(p.pid.to_string());
+            }
+        }
+        (Some(p), None) => {
             cmd.arg("--proxy").arg(p.addr.to_string());
             if case.scenario == "idle" {
                 cmd.arg("--proxy-pid").arg(p.pid.to_string());
@@ -435,16 +472,59 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Every contender `bench peers` knows.
+const CONTENDERS: [&str; 5] = ["direct", "dante", "microsocks", "haproxy", "ferrosocks"];
+
+/// How a skipped measurement's error starts: it is recorded, but is no failure.
+const NOT_APPLICABLE: &str = "not applicable";
+
+/// Whether `contender` can run `scenario`, and why not.
+fn applies(contender: &str, scenario: &str) -> Result<(), &'static str> {
+    if contender == "haproxy" && !matches!(scenario, "throughput" | "latency") {
+        return Err("HAProxy runs as a plain TCP forwarder here: no SOCKS handshake, no UDP");
+    }
+    Ok(())
+}
+
+/// The forwarder's ports and the fixed target ports they lead to (`TARGETS` of each).
+struct Forwarding {
+    listen: u16,
+    targets: u16,
+}
+
+/// The first of `n` consecutive free loopback ports (free when probed; a forwarder or
+/// generator that then fails to bind says so).
+pub(super) fn port_block(n: u16) -> anyhow::Result<u16> {
+    for _ in 0..50 {
+        let first = free_port()?;
+        if first.checked_add(n).is_none() {
+            continue;
+        }
+        let all: Result<Vec<_>, _> = (first..first + n)
+            .map(|p| std::net::TcpListener::bind(SocketAddr::new(LOOPBACK.ip(), p)))
+            .collect();
+        if all.is_ok() {
+            return Ok(first);
+        }
+    }
+    bail!("found no {n} consecutive free loopback ports")
+}
+
 async fn start_proxy(
     kind: &str,
     a: &PeersArgs,
     ferro_bin: &Path,
     work: &Path,
+    forwarding: Option<&Forwarding>,
 ) -> anyhow::Result<Proxy> {
     let mut last_err = None;
     // A free port may be taken between the probe and the proxy's bind: try again.
     for _ in 0..3 {
-        let port = free_port()?;
+        let port = match (kind, forwarding) {
+            ("haproxy", Some(f)) => f.listen,
+            ("haproxy", None) => bail!("haproxy needs its port blocks"),
+            _ => free_port()?,
+        };
         let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         let log = std::fs::File::create(work.join(format!("{kind}.log")))?;
         let mut cmd = Command::new("taskset");
@@ -467,6 +547,12 @@ async fn start_proxy(
                     .arg("127.0.0.1")
                     .arg("-p")
                     .arg(port.to_string());
+            }
+            "haproxy" => {
+                let conf = work.join("haproxy.cfg");
+                let targets = forwarding.map_or(0, |f| f.targets);
+                std::fs::write(&conf, haproxy_conf(port, targets))?;
+                cmd.arg(&a.haproxy).arg("-f").arg(&conf).arg("-db");
             }
             "ferrosocks" => {
                 cmd.arg(ferro_bin)
@@ -552,6 +638,37 @@ socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect bind udpassociate
     )
 }
 
+/// HAProxy as a TCP forwarder, `listen` + N to `targets` + N, with splicing where it
+/// pays (`splice-auto`, its own advice for kernel splicing) and its defaults otherwise.
+/// `maxconn` bounds the descriptors it asks for, which must stay under the hard limit.
+fn haproxy_conf(listen: u16, targets: u16) -> String {
+    let mut conf = String::from(
+        "global
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option splice-auto
+",
+    );
+    for n in 0..TARGETS {
+        let _ = std::fmt::Write::write_fmt(
+            &mut conf,
+            format_args!(
+                "listen target{n}
+    bind 127.0.0.1:{}
+    server target{n} 127.0.0.1:{}
+",
+                listen + n,
+                targets + n
+            ),
+        );
+    }
+    conf
+}
+
 /// What the chart and JSON say about the machine.
 fn machine() -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
@@ -592,6 +709,7 @@ fn machine() -> BTreeMap<&'static str, String> {
             "${Package} ${Version}\\n",
             "dante-server",
             "microsocks",
+            "haproxy",
         ])
         .output()
     {
@@ -603,4 +721,34 @@ fn machine() -> BTreeMap<&'static str, String> {
         );
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_forwards_each_port_of_its_block_to_the_same_target() {
+        let conf = haproxy_conf(42000, 43000);
+        for n in 0..TARGETS {
+            let bind = format!(
+                "bind 127.0.0.1:{}\n    server target{n} 127.0.0.1:{}",
+                42000 + n,
+                43000 + n
+            );
+            assert!(conf.contains(&bind), "{conf}");
+        }
+        assert_eq!(conf.matches("listen target").count(), usize::from(TARGETS));
+    }
+
+    #[test]
+    fn haproxy_runs_only_what_a_tcp_forwarder_can() {
+        for scenario in ["throughput", "latency"] {
+            assert!(applies("haproxy", scenario).is_ok());
+        }
+        for scenario in ["connrate", "udp", "idle"] {
+            assert!(applies("haproxy", scenario).is_err());
+            assert!(applies("ferrosocks", scenario).is_ok());
+        }
+    }
 }

@@ -266,16 +266,24 @@ pub(crate) fn peers_table(rows: &[Row], contenders: &[String]) -> String {
 // ---------------------------------------------------------------------------------------
 // Chart
 
-const COLORS: [RGBColor; 4] = [
-    RGBColor(140, 140, 140), // direct
-    RGBColor(214, 120, 40),  // dante
-    RGBColor(70, 140, 190),  // microsocks
-    RGBColor(190, 60, 60),   // ferrosocks
-];
-
+/// Each contender keeps its colour whichever others run beside it.
 fn color_of(contender: &str, contenders: &[String]) -> RGBColor {
-    let i = contenders.iter().position(|c| c == contender).unwrap_or(0);
-    COLORS[i % COLORS.len()]
+    match contender {
+        "direct" => RGBColor(140, 140, 140),
+        "dante" => RGBColor(214, 120, 40),
+        "microsocks" => RGBColor(70, 140, 190),
+        "haproxy" => RGBColor(90, 160, 90),
+        "ferrosocks" => RGBColor(190, 60, 60),
+        _ => {
+            const OTHERS: [RGBColor; 3] = [
+                RGBColor(150, 110, 180),
+                RGBColor(200, 170, 60),
+                RGBColor(80, 80, 80),
+            ];
+            let i = contenders.iter().position(|c| c == contender).unwrap_or(0);
+            OTHERS[i % OTHERS.len()]
+        }
+    }
 }
 
 struct Panel<'a> {

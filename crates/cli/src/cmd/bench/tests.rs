@@ -12,6 +12,8 @@ fn common(proxy: Option<SocketAddr>) -> Common {
     Common {
         proxy: proxy.map(|p| p.to_string()),
         direct: proxy.is_none(),
+        forward: None,
+        targets_port: None,
         user: None,
         pass: None,
         duration: Duration::from_millis(150),
@@ -172,6 +174,92 @@ async fn a_failure_reply_fails_the_run() {
     drop(closed);
     let err = with_deadline(ctx.dial(dst)).await.unwrap_err();
     assert!(format!("{err:#}").contains("REP 0x05"), "{err:#}");
+}
+
+/// A plain TCP forwarder, as HAProxy runs in `bench peers`: `listen` + N to `targets` + N.
+async fn spawn_forwarder(listen: u16, targets: u16) {
+    for n in 0..TARGETS {
+        let l = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, listen + n))
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut target = TcpStream::connect((Ipv4Addr::LOCALHOST, targets + n))
+                        .await
+                        .unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut target).await;
+                });
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn tcp_scenarios_through_a_plain_forwarder() {
+    let listen = peers::port_block(TARGETS).unwrap();
+    spawn_forwarder(listen, listen + TARGETS).await;
+    let mut c = common(None);
+    c.direct = false;
+    c.forward = Some(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen));
+    c.targets_port = Some(listen + TARGETS);
+    let ctx = Ctx::new(&c).await.unwrap();
+    assert_eq!(ctx.targets.sink.port(), listen + TARGETS);
+    assert_eq!(ctx.targets.idle_echo.port(), listen + TARGETS + 4);
+
+    // The byte counts of both ends are compared inside: a wrong mapping fails the run.
+    let t = with_deadline(tcp::throughput(
+        ctx.clone(),
+        ThroughputArgs {
+            common: c.clone(),
+            streams: vec![2],
+            direction: vec![Direction::Up, Direction::Down],
+            max_bytes: 100_000,
+        },
+    ))
+    .await
+    .unwrap();
+    for r in &t {
+        assert_eq!(r.detail["bytes"].as_u64(), Some(200_000), "{r:?}");
+    }
+    let l = with_deadline(tcp::latency(
+        ctx.clone(),
+        LatencyArgs {
+            common: c.clone(),
+            size: 32,
+            count: 200,
+        },
+    ))
+    .await
+    .unwrap();
+    assert!(value(&l, "p50 µs") <= value(&l, "p99 µs"));
+
+    let err = with_deadline(udp::udp(
+        ctx.clone(),
+        UdpArgs {
+            common: c.clone(),
+            size: 64,
+            window: 1,
+            rate: None,
+            count: 1,
+        },
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("not a TCP forwarder"),
+        "{err:#}"
+    );
+}
+
+#[test]
+fn a_forwarder_maps_each_target_port_to_its_own_port() {
+    let fwd: SocketAddr = "127.0.0.1:42000".parse().unwrap();
+    let at = |p: u16| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), p);
+    assert_eq!(forwarded(fwd, 43000, at(43000)).unwrap(), at(42000));
+    assert_eq!(forwarded(fwd, 43000, at(43004)).unwrap(), at(42004));
+    assert!(forwarded(fwd, 43000, at(43005)).is_err(), "past the block");
+    assert!(forwarded(fwd, 43000, at(42999)).is_err(), "below the block");
 }
 
 #[test]

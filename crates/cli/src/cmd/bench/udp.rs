@@ -46,6 +46,7 @@ pub(super) async fn udp(ctx: Ctx, a: UdpArgs) -> anyhow::Result<Vec<Record>> {
     // The association: its control connection must stay open for the whole run.
     let (control, relay, prefix) = match &ctx.via {
         Via::Direct => (None, echo_addr, Vec::new()),
+        Via::Forward { .. } => bail!("udp needs a SOCKS server or --direct, not a TCP forwarder"),
         Via::Socks { proxy, .. } => {
             let (s, reply) = ctx.dial_command(Command::UDP_ASSOCIATE, local).await?;
             let bnd = reply
