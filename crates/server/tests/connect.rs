@@ -145,6 +145,8 @@ async fn half_close_round(mode: RelayMode, busy_poll: Duration) {
     assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
     c.send(&[7u8; 100_000]).await;
     c.stream.shutdown().await.unwrap();
+    // The client's EOF reaches the target by a shutdown; the target's, which ends the
+    // tunnel, reaches the client when the server closes the socket.
     let mut answer = Vec::new();
     with_deadline(c.stream.read_to_end(&mut answer))
         .await
