@@ -4,12 +4,14 @@
 #   bench/peers.sh            # about 6 minutes: 3 repetitions, 3 s per measurement, 9000 idle tunnels
 #   bench/peers.sh --quick    # about 2 minutes: 1 s per measurement, 3000 idle tunnels
 #
-# Installs Debian's dante-server, microsocks and haproxy when missing (as root,
-# apt-get), builds ferrosocks in release mode, and runs `ferrosocks bench peers`,
-# which starts danted, microsocks, HAProxy (a plain TCP forwarder, for the TCP
-# rows only) and `ferrosocks serve` on free loopback ports pinned to CPU 1, runs
-# the generator pinned to CPU 0, interleaves direct / Dante / microsocks /
-# HAProxy / ferrosocks case by case, prints medians and ratios, and writes
+# Installs Debian's dante-server, microsocks, haproxy and nginx (with its stream
+# module) when missing (as root, apt-get; nginx's own service is not started),
+# builds ferrosocks in release mode, and runs `ferrosocks bench peers`, which
+# starts danted, microsocks, HAProxy and nginx (plain forwarders: HAProxy for the
+# TCP rows, nginx for TCP and UDP) and `ferrosocks serve` on free loopback ports
+# pinned to CPU 1, runs the generator pinned to CPU 0, interleaves direct / Dante
+# / microsocks / HAProxy / nginx / ferrosocks case by case, prints medians and
+# ratios, and writes
 # bench/results/latest.json and bench/results/latest.svg. Any further argument
 # goes to `ferrosocks bench peers` (see its --help). Only loopback is used.
 set -euo pipefail
@@ -22,6 +24,8 @@ missing=()
 command -v danted >/dev/null || [[ -x /usr/sbin/danted ]] || missing+=(dante-server)
 command -v microsocks >/dev/null || missing+=(microsocks)
 command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy)
+command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
+[[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
 command -v taskset >/dev/null || missing+=(util-linux)
 if ((${#missing[@]})); then
   if ((EUID != 0)); then
@@ -29,8 +33,20 @@ if ((${#missing[@]})); then
     exit 1
   fi
   echo "bench/peers.sh: installing ${missing[*]}"
+  # Installing a server package starts its service (nginx on port 80, every interface):
+  # a policy-rc.d that refuses keeps them from starting.
+  policy=/usr/sbin/policy-rc.d
+  ours=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get -o DPkg::Lock::Timeout=300 update -q
   apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}"
+  if [[ -n $ours ]]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
 fi
 if ((EUID != 0)); then
   echo "bench/peers.sh: Dante's config here (user.privileged: root) needs root" >&2
@@ -46,4 +62,6 @@ cargo build --release -q -p ferrosocks
 ulimit -n "$(ulimit -Hn)"
 danted_bin="$(command -v danted || echo /usr/sbin/danted)"
 haproxy_bin="$(command -v haproxy || echo /usr/sbin/haproxy)"
-exec target/release/ferrosocks bench peers --danted "$danted_bin" --haproxy "$haproxy_bin" "$@"
+nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
+exec target/release/ferrosocks bench peers --danted "$danted_bin" --haproxy "$haproxy_bin" \
+  --nginx "$nginx_bin" "$@"

@@ -58,7 +58,7 @@ const BENCH_EXAMPLES: &str = "Examples:
   ferrosocks bench idle --proxy 127.0.0.1:1080 --proxy-pid $(pgrep -o danted) --tunnels 9000
   ferrosocks bench all --proxy 127.0.0.1:1080 --json out.json
   ferrosocks bench throughput --forward 127.0.0.1:42000 --targets-port 43000  # a plain TCP forwarder
-  bench/peers.sh [--quick]                                  # direct, Dante, microsocks, HAProxy, ferrosocks
+  bench/peers.sh [--quick]                                  # direct, Dante, microsocks, HAProxy, nginx, ferrosocks
 
 The targets (TCP sink, source and echo; UDP echo) run inside this process on 127.0.0.1,
 so the proxy must be on loopback too. Exit codes: 0 success, 1 a failed measurement
@@ -79,7 +79,7 @@ pub(crate) enum Scenario {
     Idle(IdleArgs),
     /// Every scenario above, one after the other, against the same proxy.
     All(AllArgs),
-    /// Direct, Dante, microsocks, HAProxy (TCP rows) and ferrosocks interleaved, with
+    /// Direct, Dante, microsocks, HAProxy, nginx (plain forwarders) and ferrosocks interleaved, with
     /// medians, ratios and a chart.
     Peers(peers::PeersArgs),
 }
@@ -93,10 +93,11 @@ pub(crate) struct Common {
     /// No proxy: connect straight to the targets (the loopback limit).
     #[arg(long, conflicts_with_all = ["proxy", "forward"])]
     pub(crate) direct: bool,
-    /// A plain TCP forwarder (HAProxy, socat) instead of a SOCKS server, for comparing
-    /// relays without the SOCKS handshake: a connection for the target at
-    /// `--targets-port` + N goes to this address's port + N (0 sink, 1 source, 2 echo,
-    /// 3 one-shot echo, 4 idle echo). TCP scenarios only.
+    /// A plain forwarder (HAProxy, nginx's stream module, socat) instead of a SOCKS
+    /// server, for comparing relays without SOCKS: a connection for the target at
+    /// `--targets-port` + N goes to this address's port + N (TCP: 0 sink, 1 source, 2 echo,
+    /// 3 one-shot echo, 4 idle echo; UDP: 0 echo). No handshake, so `connrate` measures
+    /// plain connections.
     #[arg(
         long,
         value_name = "ADDR",
@@ -104,8 +105,8 @@ pub(crate) struct Common {
         requires = "targets_port"
     )]
     pub(crate) forward: Option<SocketAddr>,
-    /// Listen for the TCP targets on this port and the four after it (instead of free
-    /// ports), so a forwarder can be pointed at them.
+    /// Listen for the TCP targets on this port and the four after it, and for the UDP echo
+    /// on this port (instead of free ports), so a forwarder can be pointed at them.
     #[arg(long, value_name = "PORT")]
     pub(crate) targets_port: Option<u16>,
     /// Username for RFC 1929 authentication.
@@ -479,7 +480,7 @@ impl Ctx {
                 targets_port,
             } => {
                 if command != Command::CONNECT {
-                    bail!("a TCP forwarder only carries TCP connections (no BIND, no UDP)");
+                    bail!("a plain forwarder has no SOCKS commands but CONNECT's equivalent");
                 }
                 let addr = forwarded(*forwarder, *targets_port, dst)?;
                 let s = bounded(t, "connect to the forwarder", TcpStream::connect(addr)).await?;
@@ -647,7 +648,7 @@ const LOOPBACK: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0)
 /// with the other: with the default ~200 KiB, the `--rate` mode lost a third of its
 /// datagrams at 150k/s even without a proxy (UdpRcvbufErrors), which would have been
 /// charged to the proxy.
-pub(super) fn udp_socket() -> anyhow::Result<UdpSocket> {
+pub(super) fn udp_socket(at: SocketAddr) -> anyhow::Result<UdpSocket> {
     const BUFFER: usize = 8 << 20;
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     // The kernel caps these at net.core.rmem_max / wmem_max; a smaller buffer only matters
@@ -655,12 +656,14 @@ pub(super) fn udp_socket() -> anyhow::Result<UdpSocket> {
     let _ = socket.set_recv_buffer_size(BUFFER);
     let _ = socket.set_send_buffer_size(BUFFER);
     socket.set_nonblocking(true)?;
-    socket.bind(&LOOPBACK.into())?;
+    socket
+        .bind(&at.into())
+        .with_context(|| format!("binding a UDP socket on {at}"))?;
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
 /// Where a forwarder that maps `forwarder` + N to `targets_port` + N takes `dst`.
-fn forwarded(
+pub(super) fn forwarded(
     forwarder: SocketAddr,
     targets_port: u16,
     dst: SocketAddr,
@@ -703,7 +706,8 @@ impl Targets {
         let echo = bind(2).await?;
         let echo_once = bind(3).await?;
         let idle_echo = bind(4).await?;
-        let udp_echo = udp_socket()?;
+        // UDP has its own port numbers: the echo takes the first one, beside the sink.
+        let udp_echo = udp_socket(at(0)?)?;
         let t = Targets {
             sink: sink.local_addr()?,
             source: source.local_addr()?,

@@ -1,6 +1,7 @@
 //! `ferrosocks bench peers`: direct, Dante, microsocks and ferrosocks side by side, with
-//! HAProxy as a plain TCP forwarder beside them: no SOCKS at all, so its figures are what
-//! a mature splice relay on the same core costs, a floor for the TCP rows.
+//! HAProxy and nginx (its stream module) as plain forwarders beside them: no SOCKS at all,
+//! so their figures are what mature relays on the same core cost (HAProxy TCP with splice,
+//! nginx TCP and UDP), a floor for the TCP, latency and UDP rows.
 //!
 //! Every proxy runs on loopback pinned to one core (`taskset -c PROXY_CPU`); every
 //! measurement is a fresh `ferrosocks bench SCENARIO` process pinned to the other core,
@@ -11,6 +12,7 @@
 //! from earlier cases neither inflates nor hides the growth per tunnel.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -39,7 +41,7 @@ pub(crate) struct PeersArgs {
     #[arg(long)]
     pub(crate) tunnels: Option<usize>,
     /// Contenders, in the order they run within a repetition.
-    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "dante".into(), "microsocks".into(), "haproxy".into(), "ferrosocks".into()])]
+    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "dante".into(), "microsocks".into(), "haproxy".into(), "nginx".into(), "ferrosocks".into()])]
     pub(crate) contenders: Vec<String>,
     /// Cases to run: throughput, connrate, latency, udp, idle (default: all).
     #[arg(long, value_delimiter = ',')]
@@ -59,6 +61,12 @@ pub(crate) struct PeersArgs {
     /// The HAProxy binary (a TCP forwarder: throughput and latency only).
     #[arg(long, default_value = "haproxy")]
     pub(crate) haproxy: String,
+    /// The nginx binary (its stream module forwards TCP and UDP: throughput, latency, udp).
+    #[arg(long, default_value = "nginx")]
+    pub(crate) nginx: String,
+    /// nginx's stream module, loaded when this file exists (Debian's libnginx-mod-stream).
+    #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_stream_module.so")]
+    pub(crate) nginx_stream_module: PathBuf,
     /// The core the proxies are pinned to.
     #[arg(long, default_value_t = 1)]
     pub(crate) proxy_cpu: usize,
@@ -199,12 +207,9 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         }
     }
     // A forwarder has no handshake to name a target, so it maps a block of its ports to
-    // a block of fixed target ports; only measurements through it pin the targets.
-    let forwarding = if a.contenders.iter().any(|c| c == "haproxy") {
-        Some(Forwarding {
-            listen: port_block(TARGETS)?,
-            targets: port_block(TARGETS)?,
-        })
+    // a block of fixed target ports; only measurements through one pin the targets.
+    let targets_port = if a.contenders.iter().any(|c| is_forwarder(c)) {
+        Some(port_block(TARGETS)?)
     } else {
         None
     };
@@ -231,7 +236,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     let mut proxies: BTreeMap<String, Proxy> = BTreeMap::new();
     let result = async {
         for c in a.contenders.iter().filter(|c| *c != "direct") {
-            let p = start_proxy(c, &a, &ferro_bin, &work, forwarding.as_ref()).await?;
+            let p = start_proxy(c, &a, &ferro_bin, &work, targets_port).await?;
             println!("  {c}: {} (pid {})", p.addr, p.pid);
             proxies.insert(c.clone(), p);
         }
@@ -257,11 +262,11 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                         if let Some(old) = proxies.remove(c) {
                             stop_proxy(old).await;
                         }
-                        let p = start_proxy(c, &a, &ferro_bin, &work, forwarding.as_ref()).await?;
+                        let p = start_proxy(c, &a, &ferro_bin, &work, targets_port).await?;
                         proxies.insert(c.clone(), p);
                     }
                     let proxy = proxies.get(c);
-                    let forward = forwarding.as_ref().filter(|_| c == "haproxy");
+                    let forward = targets_port.filter(|_| is_forwarder(c));
                     let out = measure(&a, &me, case, proxy, forward, duration, &work).await;
                     let _ = std::fmt::Write::write_fmt(
                         &mut line,
@@ -407,7 +412,7 @@ async fn measure(
     me: &Path,
     case: &Case,
     proxy: Option<&Proxy>,
-    forward: Option<&Forwarding>,
+    forward: Option<u16>,
     duration: Duration,
     work: &Path,
 ) -> anyhow::Result<RunReport> {
@@ -428,11 +433,11 @@ async fn measure(
         (None, _) => {
             cmd.arg("--direct");
         }
-        (Some(p), Some(f)) => {
+        (Some(p), Some(targets_port)) => {
             cmd.arg("--forward")
                 .arg(p.addr.to_string())
                 .arg("--targets-port")
-                .arg(f.targets.to_string());
+                .arg(targets_port.to_string());
             if case.scenario == "idle" {
                 cmd.arg("--proxy-pid").arg(p.pid.to_string());
             }
@@ -473,37 +478,50 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Every contender `bench peers` knows.
-const CONTENDERS: [&str; 5] = ["direct", "dante", "microsocks", "haproxy", "ferrosocks"];
+const CONTENDERS: [&str; 6] = [
+    "direct",
+    "dante",
+    "microsocks",
+    "haproxy",
+    "nginx",
+    "ferrosocks",
+];
+
+/// Plain forwarders: no SOCKS, reached through `--forward`.
+fn is_forwarder(contender: &str) -> bool {
+    matches!(contender, "haproxy" | "nginx")
+}
 
 /// How a skipped measurement's error starts: it is recorded, but is no failure.
 const NOT_APPLICABLE: &str = "not applicable";
 
 /// Whether `contender` can run `scenario`, and why not.
 fn applies(contender: &str, scenario: &str) -> Result<(), &'static str> {
-    if contender == "haproxy" && !matches!(scenario, "throughput" | "latency") {
-        return Err("HAProxy runs as a plain TCP forwarder here: no SOCKS handshake, no UDP");
+    match (contender, scenario) {
+        ("haproxy", "throughput" | "latency") | ("nginx", "throughput" | "latency" | "udp") => {
+            Ok(())
+        }
+        ("haproxy", _) => {
+            Err("HAProxy runs as a plain TCP forwarder here: no SOCKS handshake, no UDP")
+        }
+        ("nginx", _) => Err("nginx runs as a plain forwarder here: no SOCKS handshake"),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// The forwarder's ports and the fixed target ports they lead to (`TARGETS` of each).
-struct Forwarding {
-    listen: u16,
-    targets: u16,
-}
-
-/// The first of `n` consecutive free loopback ports (free when probed; a forwarder or
-/// generator that then fails to bind says so).
+/// The first of `n` consecutive free loopback TCP ports whose first port is free for UDP
+/// too (free when probed; a forwarder or generator that then fails to bind says so).
 pub(super) fn port_block(n: u16) -> anyhow::Result<u16> {
     for _ in 0..50 {
         let first = free_port()?;
         if first.checked_add(n).is_none() {
             continue;
         }
-        let all: Result<Vec<_>, _> = (first..first + n)
+        let tcp: Result<Vec<_>, _> = (first..first + n)
             .map(|p| std::net::TcpListener::bind(SocketAddr::new(LOOPBACK.ip(), p)))
             .collect();
-        if all.is_ok() {
+        let udp = std::net::UdpSocket::bind(SocketAddr::new(LOOPBACK.ip(), first));
+        if tcp.is_ok() && udp.is_ok() {
             return Ok(first);
         }
     }
@@ -515,15 +533,20 @@ async fn start_proxy(
     a: &PeersArgs,
     ferro_bin: &Path,
     work: &Path,
-    forwarding: Option<&Forwarding>,
+    targets_port: Option<u16>,
 ) -> anyhow::Result<Proxy> {
     let mut last_err = None;
     // A free port may be taken between the probe and the proxy's bind: try again.
     for _ in 0..3 {
-        let port = match (kind, forwarding) {
-            ("haproxy", Some(f)) => f.listen,
-            ("haproxy", None) => bail!("haproxy needs its port blocks"),
-            _ => free_port()?,
+        let port = if is_forwarder(kind) {
+            port_block(TARGETS)?
+        } else {
+            free_port()?
+        };
+        let targets = match targets_port {
+            Some(t) => t,
+            None if is_forwarder(kind) => bail!("{kind} needs the targets' ports"),
+            None => 0,
         };
         let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         let log = std::fs::File::create(work.join(format!("{kind}.log")))?;
@@ -550,9 +573,24 @@ async fn start_proxy(
             }
             "haproxy" => {
                 let conf = work.join("haproxy.cfg");
-                let targets = forwarding.map_or(0, |f| f.targets);
                 std::fs::write(&conf, haproxy_conf(port, targets))?;
                 cmd.arg(&a.haproxy).arg("-f").arg(&conf).arg("-db");
+            }
+            "nginx" => {
+                let conf = work.join("nginx.conf");
+                let module = a
+                    .nginx_stream_module
+                    .exists()
+                    .then_some(&*a.nginx_stream_module);
+                std::fs::write(&conf, nginx_conf(port, targets, module, work))?;
+                // -p: nginx resolves its other paths (logs, temp) under the work folder.
+                cmd.arg(&a.nginx)
+                    .arg("-p")
+                    .arg(work)
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-e")
+                    .arg("stderr");
             }
             "ferrosocks" => {
                 cmd.arg(ferro_bin)
@@ -669,6 +707,38 @@ defaults
     conf
 }
 
+/// nginx's stream module as a forwarder, `listen` + N to `targets` + N for TCP and
+/// `listen` to `targets` for UDP, in the foreground with one worker process (every server
+/// here gets one core), its defaults otherwise.
+fn nginx_conf(listen: u16, targets: u16, module: Option<&Path>, work: &Path) -> String {
+    let mut conf = String::new();
+    if let Some(m) = module {
+        let _ = writeln!(conf, "load_module {};", m.display());
+    }
+    let _ = write!(
+        conf,
+        "worker_processes 1;
+daemon off;
+pid {};
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+stream {{
+    server {{ listen 127.0.0.1:{listen} udp; proxy_pass 127.0.0.1:{targets}; }}
+",
+        work.join("nginx.pid").display()
+    );
+    for n in 0..TARGETS {
+        let _ = writeln!(
+            conf,
+            "    server {{ listen 127.0.0.1:{}; proxy_pass 127.0.0.1:{}; }}",
+            listen + n,
+            targets + n
+        );
+    }
+    conf.push_str("}\n");
+    conf
+}
+
 /// What the chart and JSON say about the machine.
 fn machine() -> BTreeMap<&'static str, String> {
     let mut m = BTreeMap::new();
@@ -710,6 +780,8 @@ fn machine() -> BTreeMap<&'static str, String> {
             "dante-server",
             "microsocks",
             "haproxy",
+            "nginx",
+            "libnginx-mod-stream",
         ])
         .output()
     {
@@ -742,13 +814,37 @@ mod tests {
     }
 
     #[test]
-    fn haproxy_runs_only_what_a_tcp_forwarder_can() {
+    fn nginx_forwards_tcp_port_by_port_and_udp_to_the_echo() {
+        let work = Path::new("/tmp/w");
+        let conf = nginx_conf(42000, 43000, Some(Path::new("/m/stream.so")), work);
+        assert!(conf.starts_with("load_module /m/stream.so;\n"), "{conf}");
+        assert!(conf.contains("listen 127.0.0.1:42000 udp; proxy_pass 127.0.0.1:43000;"));
+        for n in 0..TARGETS {
+            let line = format!(
+                "listen 127.0.0.1:{}; proxy_pass 127.0.0.1:{};",
+                42000 + n,
+                43000 + n
+            );
+            assert!(conf.contains(&line), "{conf}");
+        }
+        assert!(!nginx_conf(1, 2, None, work).contains("load_module"));
+    }
+
+    #[test]
+    fn forwarders_run_only_what_a_plain_forwarder_can() {
         for scenario in ["throughput", "latency"] {
             assert!(applies("haproxy", scenario).is_ok());
+            assert!(applies("nginx", scenario).is_ok());
         }
-        for scenario in ["connrate", "udp", "idle"] {
+        assert!(applies("nginx", "udp").is_ok());
+        assert!(applies("haproxy", "udp").is_err());
+        for scenario in ["connrate", "idle"] {
             assert!(applies("haproxy", scenario).is_err());
+            assert!(applies("nginx", scenario).is_err());
+        }
+        for scenario in ["throughput", "connrate", "latency", "udp", "idle"] {
             assert!(applies("ferrosocks", scenario).is_ok());
+            assert!(applies("dante", scenario).is_ok());
         }
     }
 }

@@ -176,8 +176,34 @@ async fn a_failure_reply_fails_the_run() {
     assert!(format!("{err:#}").contains("REP 0x05"), "{err:#}");
 }
 
-/// A plain TCP forwarder, as HAProxy runs in `bench peers`: `listen` + N to `targets` + N.
+/// A plain forwarder, as HAProxy and nginx run in `bench peers`: TCP `listen` + N to
+/// `targets` + N, UDP `listen` to `targets` (for one client at a time).
 async fn spawn_forwarder(listen: u16, targets: u16) {
+    let front = Arc::new(
+        tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, listen))
+            .await
+            .unwrap(),
+    );
+    let back = Arc::new(tokio::net::UdpSocket::bind(LOOPBACK).await.unwrap());
+    back.connect((Ipv4Addr::LOCALHOST, targets)).await.unwrap();
+    let client = Arc::new(std::sync::Mutex::new(None));
+    let (f, b, c) = (front.clone(), back.clone(), client.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            let _ = b.send(&buf[..n]).await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = back.recv(&mut buf).await {
+            let to = *client.lock().unwrap();
+            if let Some(to) = to {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
     for n in 0..TARGETS {
         let l = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, listen + n))
             .await
@@ -196,7 +222,7 @@ async fn spawn_forwarder(listen: u16, targets: u16) {
 }
 
 #[tokio::test]
-async fn tcp_scenarios_through_a_plain_forwarder() {
+async fn scenarios_through_a_plain_forwarder() {
     let listen = peers::port_block(TARGETS).unwrap();
     spawn_forwarder(listen, listen + TARGETS).await;
     let mut c = common(None);
@@ -206,6 +232,11 @@ async fn tcp_scenarios_through_a_plain_forwarder() {
     let ctx = Ctx::new(&c).await.unwrap();
     assert_eq!(ctx.targets.sink.port(), listen + TARGETS);
     assert_eq!(ctx.targets.idle_echo.port(), listen + TARGETS + 4);
+    assert_eq!(
+        ctx.targets.udp_echo.port(),
+        listen + TARGETS,
+        "UDP's own port space"
+    );
 
     // The byte counts of both ends are compared inside: a wrong mapping fails the run.
     let t = with_deadline(tcp::throughput(
@@ -234,22 +265,25 @@ async fn tcp_scenarios_through_a_plain_forwarder() {
     .unwrap();
     assert!(value(&l, "p50 µs") <= value(&l, "p99 µs"));
 
-    let err = with_deadline(udp::udp(
+    let u = with_deadline(udp::udp(
         ctx.clone(),
         UdpArgs {
             common: c.clone(),
             size: 64,
-            window: 1,
+            window: 8,
             rate: None,
-            count: 1,
+            count: 500,
         },
     ))
     .await
-    .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("not a TCP forwarder"),
-        "{err:#}"
-    );
+    .unwrap();
+    assert_eq!(u[0].detail["received"], u[0].detail["sent"], "{u:?}");
+
+    // No SOCKS: a command that only a SOCKS server could carry fails before connecting.
+    let err = with_deadline(ctx.dial_command(Command::BIND, ctx.targets.echo))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("plain forwarder"), "{err:#}");
 }
 
 #[test]

@@ -15,7 +15,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, Notify};
 
-use super::{bounded, numbered, udp_socket, Better, Ctx, Record, UdpArgs, Via};
+use super::{
+    bounded, forwarded, numbered, udp_socket, Better, Ctx, Record, UdpArgs, Via, LOOPBACK,
+};
 
 /// Echo target: each datagram back to its sender.
 pub(super) async fn echo(sock: UdpSocket) {
@@ -39,14 +41,21 @@ pub(super) async fn udp(ctx: Ctx, a: UdpArgs) -> anyhow::Result<Vec<Record>> {
     if a.rate.is_none() && a.window == 0 {
         bail!("--window must be at least 1");
     }
-    let sock = Arc::new(udp_socket()?);
+    let sock = Arc::new(udp_socket(LOOPBACK)?);
     let local = sock.local_addr()?;
     let echo_addr = ctx.targets.udp_echo;
 
     // The association: its control connection must stay open for the whole run.
     let (control, relay, prefix) = match &ctx.via {
         Via::Direct => (None, echo_addr, Vec::new()),
-        Via::Forward { .. } => bail!("udp needs a SOCKS server or --direct, not a TCP forwarder"),
+        Via::Forward {
+            forwarder,
+            targets_port,
+        } => (
+            None,
+            forwarded(*forwarder, *targets_port, echo_addr)?,
+            Vec::new(),
+        ),
         Via::Socks { proxy, .. } => {
             let (s, reply) = ctx.dial_command(Command::UDP_ASSOCIATE, local).await?;
             let bnd = reply
