@@ -79,8 +79,8 @@ pub(crate) enum Scenario {
     Idle(IdleArgs),
     /// Every scenario above, one after the other, against the same proxy.
     All(AllArgs),
-    /// Direct, Dante, microsocks, HAProxy, nginx (plain forwarders) and ferrosocks interleaved, with
-    /// medians, ratios and a chart.
+    /// Direct, Dante, microsocks, HAProxy, nginx (plain forwarders) and ferrosocks
+    /// interleaved, with medians, ratios and a chart.
     Peers(peers::PeersArgs),
 }
 
