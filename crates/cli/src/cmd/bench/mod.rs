@@ -57,7 +57,7 @@ const BENCH_EXAMPLES: &str = "Examples:
   ferrosocks bench udp --proxy 127.0.0.1:1080 --size 512 --window 64
   ferrosocks bench idle --proxy 127.0.0.1:1080 --proxy-pid $(pgrep -o danted) --tunnels 9000
   ferrosocks bench all --proxy 127.0.0.1:1080 --json out.json
-  ferrosocks bench throughput --forward 127.0.0.1:42000 --targets-port 43000  # a plain TCP forwarder
+  ferrosocks bench throughput --forward 127.0.0.1:42000 --targets-port 43000  # HAProxy, nginx ...
   bench/peers.sh [--quick]                                  # direct, Dante, microsocks, HAProxy, nginx, ferrosocks
 
 The targets (TCP sink, source and echo; UDP echo) run inside this process on 127.0.0.1,
@@ -341,7 +341,8 @@ async fn all(ctx: Ctx, a: AllArgs) -> anyhow::Result<Vec<Record>> {
 pub(crate) enum Via {
     /// Straight to the target.
     Direct,
-    /// Through a plain TCP forwarder that maps `forwarder` + N to `targets_port` + N.
+    /// Through a plain forwarder that maps `forwarder` + N to `targets_port` + N (TCP),
+    /// and `forwarder` to `targets_port` (UDP).
     Forward {
         forwarder: SocketAddr,
         targets_port: u16,
@@ -358,7 +359,7 @@ impl Via {
     fn describe(&self) -> String {
         match self {
             Via::Direct => "direct".into(),
-            Via::Forward { forwarder, .. } => format!("TCP forwarder {forwarder}"),
+            Via::Forward { forwarder, .. } => format!("forwarder {forwarder}"),
             Via::Socks { proxy, .. } => format!("socks5 {proxy}"),
         }
     }
@@ -681,7 +682,8 @@ pub(super) fn forwarded(
 pub(crate) const TARGETS: u16 = 5;
 
 impl Targets {
-    /// Starts every target, the TCP ones on `port`..`port + 4` when given.
+    /// Starts every target: when `port` is given, the TCP ones on `port`..`port + 4` and
+    /// the UDP echo on `port`.
     async fn start(port: Option<u16>) -> anyhow::Result<Targets> {
         let registry = Arc::new(Registry::default());
         let at = |n: u16| -> anyhow::Result<SocketAddr> {

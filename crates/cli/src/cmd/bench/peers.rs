@@ -247,7 +247,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                 let mut line = format!("[{}/{}] {:<10}", rep + 1, a.reps, case.name);
                 for c in &a.contenders {
                     if let Err(why) = applies(c, case.scenario) {
-                        let _ = std::fmt::Write::write_fmt(&mut line, format_args!("  {c}: -"));
+                        let _ = write!(line, "  {c}: -");
                         raw.push(Raw {
                             rep,
                             case: case.name.to_string(),
@@ -268,10 +268,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                     let proxy = proxies.get(c);
                     let forward = targets_port.filter(|_| is_forwarder(c));
                     let out = measure(&a, &me, case, proxy, forward, duration, &work).await;
-                    let _ = std::fmt::Write::write_fmt(
-                        &mut line,
-                        format_args!("  {c}: {}", brief(&out)),
-                    );
+                    let _ = write!(line, "  {c}: {}", brief(&out));
                     let (report, error) = match out {
                         Ok(r) => (Some(r), None),
                         Err(e) => (None, Some(format!("{e:#}"))),
@@ -438,16 +435,13 @@ async fn measure(
                 .arg(p.addr.to_string())
                 .arg("--targets-port")
                 .arg(targets_port.to_string());
-            if case.scenario == "idle" {
-                cmd.arg("--proxy-pid").arg(p.pid.to_string());
-            }
         }
         (Some(p), None) => {
             cmd.arg("--proxy").arg(p.addr.to_string());
-            if case.scenario == "idle" {
-                cmd.arg("--proxy-pid").arg(p.pid.to_string());
-            }
         }
+    }
+    if let (Some(p), "idle") = (proxy, case.scenario) {
+        cmd.arg("--proxy-pid").arg(p.pid.to_string());
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -535,6 +529,11 @@ async fn start_proxy(
     work: &Path,
     targets_port: Option<u16>,
 ) -> anyhow::Result<Proxy> {
+    let targets = match targets_port {
+        Some(t) => t,
+        None if is_forwarder(kind) => bail!("{kind} needs the targets' ports"),
+        None => 0,
+    };
     let mut last_err = None;
     // A free port may be taken between the probe and the proxy's bind: try again.
     for _ in 0..3 {
@@ -542,11 +541,6 @@ async fn start_proxy(
             port_block(TARGETS)?
         } else {
             free_port()?
-        };
-        let targets = match targets_port {
-            Some(t) => t,
-            None if is_forwarder(kind) => bail!("{kind} needs the targets' ports"),
-            None => 0,
         };
         let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
         let log = std::fs::File::create(work.join(format!("{kind}.log")))?;
@@ -692,16 +686,14 @@ defaults
 ",
     );
     for n in 0..TARGETS {
-        let _ = std::fmt::Write::write_fmt(
-            &mut conf,
-            format_args!(
-                "listen target{n}
+        let _ = write!(
+            conf,
+            "listen target{n}
     bind 127.0.0.1:{}
     server target{n} 127.0.0.1:{}
 ",
-                listen + n,
-                targets + n
-            ),
+            listen + n,
+            targets + n
         );
     }
     conf
