@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one command behind the README's performance table:
 #
-#   bench/peers.sh            # about 6 minutes: 3 repetitions, 3 s per measurement, 9000 idle tunnels
-#   bench/peers.sh --quick    # about 2 minutes: 1 s per measurement, 3000 idle tunnels
+#   bench/peers.sh            # about 8 minutes: 3 repetitions, 3 s per measurement, 9000 idle tunnels
+#   bench/peers.sh --quick    # about 3 minutes: 1 s per measurement, 3000 idle tunnels
 #
 # Installs Debian's dante-server, microsocks, haproxy and nginx (with its stream
 # module) when missing (as root, apt-get; nginx's own service is not started),
@@ -34,18 +34,31 @@ if ((${#missing[@]})); then
   fi
   echo "bench/peers.sh: installing ${missing[*]}"
   # Installing a server package starts its service (nginx on port 80, every interface):
-  # a policy-rc.d that refuses keeps them from starting.
+  # a policy-rc.d that refuses keeps them from starting, and the ones installed here are
+  # not enabled for the next boot either. The benchmark starts its own instances.
   policy=/usr/sbin/policy-rc.d
   ours=
   if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1
     trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    ours=1
   fi
   apt-get -o DPkg::Lock::Timeout=300 update -q
   apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "${missing[@]}"
   if [[ -n $ours ]]; then
     rm -f "$policy"
     trap - EXIT
+  fi
+  if command -v systemctl >/dev/null; then
+    for package in "${missing[@]}"; do
+      case $package in
+        dante-server) service=danted ;;
+        haproxy | nginx) service=$package ;;
+        *) continue ;;
+      esac
+      systemctl disable "$service" >/dev/null 2>&1 || true
+    done
   fi
 fi
 if ((EUID != 0)); then

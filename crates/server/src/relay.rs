@@ -98,8 +98,8 @@ impl Activity {
 }
 
 /// Passes a source's EOF on to `dst`. Only the first direction to end sends a `shutdown`:
-/// when the second ends, the tunnel is over and closing the sockets, which the caller does
-/// next, sends the same FIN, one system call fewer per tunnel. Nothing is left unread then
+/// when the second ends, the tunnel is over and closing the sockets, which the caller must
+/// do at once (see [`relay`]), sends the same FIN, one system call fewer per tunnel. Nothing is left unread then
 /// (the other direction read to EOF), so the close is a FIN and never a reset.
 fn end_of_stream(dst: &TcpStream, other_ended: &AtomicBool) -> io::Result<()> {
     if other_ended.swap(true, Ordering::AcqRel) {
@@ -167,7 +167,8 @@ async fn pump_copy(
 /// Relays between `client` and `target` until both directions are closed, one fails, or
 /// nothing moves for `idle`. After each chunk a direction polls for the next one without
 /// sleeping for `busy_poll` (see [`crate::busy_poll`]). The first EOF is passed on with a
-/// `shutdown`; the second is left to the caller, who drops both sockets when this returns.
+/// `shutdown`; the second is not: the caller must close (drop) both sockets as soon as this
+/// returns, and that close is what tells the peer.
 pub async fn relay(
     client: &TcpStream,
     target: &TcpStream,

@@ -143,6 +143,10 @@ pub(crate) async fn run(
             _ => tracing::info!(client = %conn.client, %error, "session failed"),
         }
         close_after_failure(conn.stream).await;
+    } else {
+        // A finished tunnel's last FIN goes out with this close (see `relay`), so it must
+        // not wait behind the log line, which takes a lock shared by every session.
+        drop(conn);
     }
     record.duration = started.elapsed();
     shared.config.access_log.write(&record);

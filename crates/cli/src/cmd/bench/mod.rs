@@ -107,7 +107,7 @@ pub(crate) struct Common {
     pub(crate) forward: Option<SocketAddr>,
     /// Listen for the TCP targets on this port and the four after it, and for the UDP echo
     /// on this port (instead of free ports), so a forwarder can be pointed at them.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..=65531))]
     pub(crate) targets_port: Option<u16>,
     /// Username for RFC 1929 authentication.
     #[arg(long, requires = "pass")]
@@ -372,6 +372,9 @@ impl Via {
             if !forwarder.ip().is_loopback() {
                 bail!("--forward {forwarder}: the forwarder must be on loopback");
             }
+            if forwarder.port() == 0 || forwarder.port().checked_add(TARGETS - 1).is_none() {
+                bail!("--forward {forwarder}: the forwarder needs ports {TARGETS} in a row from there");
+            }
             let targets_port = c
                 .targets_port
                 .ok_or_else(|| anyhow!("--forward needs --targets-port"))?;
@@ -383,7 +386,7 @@ impl Via {
         let raw = c
             .proxy
             .as_deref()
-            .ok_or_else(|| anyhow!("give --proxy ADDR or --direct"))?;
+            .ok_or_else(|| anyhow!("give --proxy ADDR, --forward ADDR or --direct"))?;
         let (proxy, url_creds) = parse_proxy(raw)?;
         let credentials = match (&c.user, &c.pass) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
@@ -481,7 +484,7 @@ impl Ctx {
                 targets_port,
             } => {
                 if command != Command::CONNECT {
-                    bail!("a plain forwarder has no SOCKS commands but CONNECT's equivalent");
+                    bail!("a plain forwarder carries only TCP connections and UDP datagrams (no {command:?})");
                 }
                 let addr = forwarded(*forwarder, *targets_port, dst)?;
                 let s = bounded(t, "connect to the forwarder", TcpStream::connect(addr)).await?;

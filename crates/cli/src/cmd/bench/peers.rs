@@ -23,7 +23,7 @@ use clap::Args;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
-use super::report::{self, Row};
+use super::report::{self, Row, NOT_APPLICABLE};
 use super::{RunReport, LOOPBACK, TARGETS};
 
 #[derive(Debug, Clone, Args)]
@@ -235,7 +235,13 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
 
     let mut proxies: BTreeMap<String, Proxy> = BTreeMap::new();
     let result = async {
-        for c in a.contenders.iter().filter(|c| *c != "direct") {
+        // A server that runs no selected case is not started (nor required).
+        let runs_a_case = |c: &str| cases.iter().any(|case| applies(c, case.scenario).is_ok());
+        for c in a
+            .contenders
+            .iter()
+            .filter(|c| *c != "direct" && runs_a_case(c))
+        {
             let p = start_proxy(c, &a, &ferro_bin, &work, targets_port).await?;
             println!("  {c}: {} (pid {})", p.addr, p.pid);
             proxies.insert(c.clone(), p);
@@ -486,9 +492,6 @@ fn is_forwarder(contender: &str) -> bool {
     matches!(contender, "haproxy" | "nginx")
 }
 
-/// How a skipped measurement's error starts: it is recorded, but is no failure.
-const NOT_APPLICABLE: &str = "not applicable";
-
 /// Whether `contender` can run `scenario`, and why not.
 fn applies(contender: &str, scenario: &str) -> Result<(), &'static str> {
     match (contender, scenario) {
@@ -503,19 +506,34 @@ fn applies(contender: &str, scenario: &str) -> Result<(), &'static str> {
     }
 }
 
-/// The first of `n` consecutive free loopback TCP ports whose first port is free for UDP
-/// too (free when probed; a forwarder or generator that then fails to bind says so).
+/// The first of `n` consecutive loopback ports free for both TCP and UDP when probed.
+/// They are looked for below the ephemeral range first: a port there is never handed to
+/// an outgoing connection as its local port, which would keep a target or a forwarder
+/// from binding it later in the run.
 pub(super) fn port_block(n: u16) -> anyhow::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let free = |first: u16| {
+        first.checked_add(n).is_some()
+            && (first..first + n).all(|p| {
+                let at = SocketAddr::new(LOOPBACK.ip(), p);
+                // Both held at once: the check is for the pair.
+                let tcp = std::net::TcpListener::bind(at);
+                let udp = std::net::UdpSocket::bind(at);
+                tcp.is_ok() && udp.is_ok()
+            })
+    };
+    let below = (20_000u16..ephemeral_low.saturating_sub(n)).step_by(usize::from(n.max(1)));
+    for first in below {
+        if free(first) {
+            return Ok(first);
+        }
+    }
     for _ in 0..50 {
         let first = free_port()?;
-        if first.checked_add(n).is_none() {
-            continue;
-        }
-        let tcp: Result<Vec<_>, _> = (first..first + n)
-            .map(|p| std::net::TcpListener::bind(SocketAddr::new(LOOPBACK.ip(), p)))
-            .collect();
-        let udp = std::net::UdpSocket::bind(SocketAddr::new(LOOPBACK.ip(), first));
-        if tcp.is_ok() && udp.is_ok() {
+        if free(first) {
             return Ok(first);
         }
     }
@@ -595,9 +613,12 @@ async fn start_proxy(
             }
             other => bail!("unknown proxy {other}"),
         }
+        // Its own process group, so a server's helpers (Dante's, nginx's worker) can be
+        // killed with it if it does not stop.
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
+            .process_group(0)
             .kill_on_drop(true);
         let child = cmd.spawn().with_context(|| format!("starting {kind}"))?;
         let pid = child.id().context("the proxy exited at once")?;
@@ -639,7 +660,8 @@ async fn wait_ready(p: &mut Proxy) -> anyhow::Result<()> {
     bail!("{} does not accept on {} after 15 s", p.kind, p.addr)
 }
 
-/// SIGTERM by pid (Dante then stops its helpers), SIGKILL after 5 s.
+/// SIGTERM by pid (Dante and nginx then stop their helpers), SIGKILL to the whole
+/// process group after 5 s.
 async fn stop_proxy(mut p: Proxy) {
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
@@ -649,6 +671,9 @@ async fn stop_proxy(mut p: Proxy) {
         .await
         .is_err()
     {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", p.pid)])
+            .status();
         let _ = p.child.kill().await;
     }
 }
@@ -670,8 +695,8 @@ socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect bind udpassociate
     )
 }
 
-/// HAProxy as a TCP forwarder, `listen` + N to `targets` + N, with splicing where it
-/// pays (`splice-auto`, its own advice for kernel splicing) and its defaults otherwise.
+/// HAProxy as a TCP forwarder, `listen` + N to `targets` + N, with kernel splicing where
+/// it judges it pays (`splice-auto`) and its defaults otherwise.
 /// `maxconn` bounds the descriptors it asks for, which must stay under the hard limit.
 fn haproxy_conf(listen: u16, targets: u16) -> String {
     let mut conf = String::from(

@@ -149,7 +149,8 @@ pub(crate) struct Row {
     pub(crate) vs_direct: BTreeMap<String, Option<f64>>,
     /// Peer → median over repetitions of (ferrosocks / peer) in the same repetition.
     pub(crate) ferrosocks_vs: BTreeMap<String, Option<f64>>,
-    /// Contender → why it has no value (the first error seen), e.g. "n/a: no UDP".
+    /// Contender → why it has no value (the first error seen), e.g. "SOCKS handshake: …
+    /// REP 0x07", or one starting with [`NOT_APPLICABLE`] for a case it was not run in.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) errors: BTreeMap<String, String>,
 }
@@ -273,15 +274,48 @@ fn color_of(contender: &str, contenders: &[String]) -> RGBColor {
         "dante" => RGBColor(214, 120, 40),
         "microsocks" => RGBColor(70, 140, 190),
         "haproxy" => RGBColor(90, 160, 90),
+        "nginx" => RGBColor(200, 170, 60),
         "ferrosocks" => RGBColor(190, 60, 60),
         _ => {
-            const OTHERS: [RGBColor; 3] = [
-                RGBColor(150, 110, 180),
-                RGBColor(200, 170, 60),
-                RGBColor(80, 80, 80),
-            ];
+            const OTHERS: [RGBColor; 2] = [RGBColor(150, 110, 180), RGBColor(80, 80, 80)];
             let i = contenders.iter().position(|c| c == contender).unwrap_or(0);
             OTHERS[i % OTHERS.len()]
+        }
+    }
+}
+
+/// How a skipped measurement's error starts: recorded, drawn as nothing, and no failure.
+pub(crate) const NOT_APPLICABLE: &str = "not applicable";
+
+/// One bar of the chart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Bar {
+    Value(f64),
+    /// Measured and failed: labelled "n/a".
+    Failed,
+    /// Not run for this contender (a forwarder has no SOCKS): left empty.
+    Skipped,
+}
+
+impl Bar {
+    fn of(row: &Row, contender: &str, value: Option<f64>) -> Bar {
+        match value {
+            Some(v) => Bar::Value(v),
+            None if row
+                .errors
+                .get(contender)
+                .is_some_and(|e| e.starts_with(NOT_APPLICABLE)) =>
+            {
+                Bar::Skipped
+            }
+            None => Bar::Failed,
+        }
+    }
+
+    fn value(self) -> Option<f64> {
+        match self {
+            Bar::Value(v) => Some(v),
+            Bar::Failed | Bar::Skipped => None,
         }
     }
 }
@@ -289,8 +323,8 @@ fn color_of(contender: &str, contenders: &[String]) -> RGBColor {
 struct Panel<'a> {
     title: &'a str,
     groups: Vec<String>,
-    /// (contender, value per group)
-    series: Vec<(String, Vec<Option<f64>>)>,
+    /// (contender, bar per group); a contender skipped in every group has no series.
+    series: Vec<(String, Vec<Bar>)>,
     /// A reference line (the direct level for ratios), named in the title: a label on
     /// the line would cover the value of any bar that reaches it.
     reference: Option<f64>,
@@ -336,32 +370,13 @@ pub(crate) fn chart(
     let rate_panel = Panel {
         title: "throughput and rates: ratio to direct, the line at 1 (higher is better)",
         groups: rates.iter().map(|r| label(r)).collect(),
-        series: proxies
-            .iter()
-            .map(|p| {
-                (
-                    p.clone(),
-                    rates
-                        .iter()
-                        .map(|r| r.vs_direct.get(p).copied().flatten())
-                        .collect(),
-                )
-            })
-            .collect(),
+        series: series(&rates, &proxies, |r, p| {
+            r.vs_direct.get(p).copied().flatten()
+        }),
         reference: Some(1.0),
     };
-    let by_median = |rs: &[&Row], who: &[String]| -> Vec<(String, Vec<Option<f64>>)> {
-        who.iter()
-            .map(|c| {
-                (
-                    c.clone(),
-                    rs.iter()
-                        .map(|r| r.median.get(c).copied().flatten())
-                        .collect(),
-                )
-            })
-            .collect()
-    };
+    let by_median =
+        |rs: &[&Row], who: &[String]| series(rs, who, |r, c| r.median.get(c).copied().flatten());
     let lat_panel = Panel {
         title: "latency, µs (lower is better)",
         groups: lat.iter().map(|r| label(r)).collect(),
@@ -387,6 +402,21 @@ pub(crate) fn chart(
     Ok(())
 }
 
+/// One series per contender that has a bar to draw or a failure to show in `rows`.
+fn series(
+    rows: &[&Row],
+    who: &[String],
+    value: impl Fn(&Row, &str) -> Option<f64>,
+) -> Vec<(String, Vec<Bar>)> {
+    who.iter()
+        .map(|c| {
+            let bars: Vec<Bar> = rows.iter().map(|r| Bar::of(r, c, value(r, c))).collect();
+            (c.clone(), bars)
+        })
+        .filter(|(_, bars)| bars.iter().any(|b| *b != Bar::Skipped))
+        .collect()
+}
+
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     p: &Panel<'_>,
@@ -399,8 +429,7 @@ where
     let top = p
         .series
         .iter()
-        .flat_map(|(_, v)| v.iter().flatten())
-        .copied()
+        .flat_map(|(_, v)| v.iter().filter_map(|b| b.value()))
         .chain(p.reference)
         .fold(0.0f64, f64::max)
         .max(1e-9)
@@ -445,7 +474,7 @@ where
         let bars = vals.iter().enumerate().filter_map(|(gi, v)| {
             // A negative figure (memory freed by others meanwhile) is printed, not drawn
             // into the label band.
-            v.map(|v| {
+            v.value().map(|v| {
                 Rectangle::new(
                     [(x0(gi), 0.0), (x0(gi) + slot * 0.9, v.max(0.0))],
                     color.filled(),
@@ -458,8 +487,9 @@ where
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
         let texts = vals.iter().enumerate().map(|(gi, v)| {
             let (t, y) = match v {
-                Some(v) => (fmt_value(*v), v.max(0.0)),
-                None => ("n/a".to_string(), 0.0),
+                Bar::Value(v) => (fmt_value(*v), v.max(0.0)),
+                Bar::Failed => ("n/a".to_string(), 0.0),
+                Bar::Skipped => (String::new(), 0.0),
             };
             Text::new(
                 t,
@@ -549,8 +579,36 @@ mod tests {
         chart(&path, "test", &rows, &contenders).unwrap();
         let svg = std::fs::read_to_string(&path).unwrap();
         assert!(svg.contains("<svg") && svg.contains("n/a"));
-        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_dir_all(&dir);
         let table = peers_table(&rows, &contenders);
         assert!(table.contains("ferro/dante") && table.contains("n/a"));
+    }
+
+    #[test]
+    fn a_contender_skipped_everywhere_is_left_out_of_the_chart() {
+        let contenders: Vec<String> = ["direct", "haproxy", "ferrosocks"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut udp = Row::new("udp 512 B", "datagrams/s", Better::Higher);
+        udp.reps.insert("direct".into(), vec![Some(100.0)]);
+        udp.reps.insert("ferrosocks".into(), vec![Some(60.0)]);
+        udp.reps.insert("haproxy".into(), vec![None]);
+        udp.errors
+            .insert("haproxy".into(), format!("{NOT_APPLICABLE}: no UDP"));
+        udp.summarize(&contenders);
+        let rows = [&udp];
+        let drawn = series(&rows, &contenders, |r, c| {
+            r.median.get(c).copied().flatten()
+        });
+        let names: Vec<&str> = drawn.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["direct", "ferrosocks"]);
+        // Measured and failed is still shown, as "n/a".
+        udp.errors.insert("haproxy".into(), "REP 0x07".into());
+        let rows = [&udp];
+        let drawn = series(&rows, &contenders, |r, c| {
+            r.median.get(c).copied().flatten()
+        });
+        assert_eq!(drawn[1], ("haproxy".to_string(), vec![Bar::Failed]));
     }
 }

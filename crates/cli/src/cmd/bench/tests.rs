@@ -223,7 +223,8 @@ async fn spawn_forwarder(listen: u16, targets: u16) {
 
 #[tokio::test]
 async fn scenarios_through_a_plain_forwarder() {
-    let listen = peers::port_block(TARGETS).unwrap();
+    // The forwarder's block and the targets' block, one after the other.
+    let listen = peers::port_block(2 * TARGETS).unwrap();
     spawn_forwarder(listen, listen + TARGETS).await;
     let mut c = common(None);
     c.direct = false;
