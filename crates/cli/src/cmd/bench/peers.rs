@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -525,12 +526,18 @@ pub(super) fn port_block(n: u16) -> anyhow::Result<u16> {
                 tcp.is_ok() && udp.is_ok()
             })
     };
-    let below = (20_000u16..ephemeral_low.saturating_sub(n)).step_by(usize::from(n.max(1)));
+    // Blocks handed out earlier in this run are not bound yet (a forwarder's targets
+    // are bound by each measurement), so the search goes on from past the last one.
+    static NEXT: AtomicU16 = AtomicU16::new(20_000);
+    let start = NEXT.load(Ordering::Relaxed);
+    let below = (start..ephemeral_low.saturating_sub(n)).step_by(usize::from(n.max(1)));
     for first in below {
         if free(first) {
+            NEXT.store(first + n, Ordering::Relaxed);
             return Ok(first);
         }
     }
+    // Above it, a block is only likely not to collide with an earlier one.
     for _ in 0..50 {
         let first = free_port()?;
         if free(first) {
@@ -613,12 +620,10 @@ async fn start_proxy(
             }
             other => bail!("unknown proxy {other}"),
         }
-        // Its own process group, so a server's helpers (Dante's, nginx's worker) can be
-        // killed with it if it does not stop.
+        // The servers stay in this process group, so a Ctrl-C in the terminal stops them too.
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .process_group(0)
             .kill_on_drop(true);
         let child = cmd.spawn().with_context(|| format!("starting {kind}"))?;
         let pid = child.id().context("the proxy exited at once")?;
@@ -660,8 +665,7 @@ async fn wait_ready(p: &mut Proxy) -> anyhow::Result<()> {
     bail!("{} does not accept on {} after 15 s", p.kind, p.addr)
 }
 
-/// SIGTERM by pid (Dante and nginx then stop their helpers), SIGKILL to the whole
-/// process group after 5 s.
+/// SIGTERM by pid (Dante and nginx then stop their helpers), SIGKILL after 5 s.
 async fn stop_proxy(mut p: Proxy) {
     let _ = std::process::Command::new("kill")
         .arg("-TERM")
@@ -671,9 +675,6 @@ async fn stop_proxy(mut p: Proxy) {
         .await
         .is_err()
     {
-        let _ = std::process::Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", p.pid)])
-            .status();
         let _ = p.child.kill().await;
     }
 }
@@ -845,6 +846,14 @@ mod tests {
             assert!(conf.contains(&line), "{conf}");
         }
         assert!(!nginx_conf(1, 2, None, work).contains("load_module"));
+    }
+
+    #[test]
+    fn port_blocks_handed_out_in_one_run_do_not_overlap() {
+        // Nothing is bound between the calls, as in a run before the first measurement.
+        let a = port_block(TARGETS).unwrap();
+        let b = port_block(TARGETS).unwrap();
+        assert!(a + TARGETS <= b || b + TARGETS <= a, "{a} and {b}");
     }
 
     #[test]
