@@ -235,7 +235,9 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     );
 
     let mut proxies: BTreeMap<String, Proxy> = BTreeMap::new();
-    let result = async {
+    // SIGTERM or SIGINT ends the run early but still stops every server it started.
+    let interrupted = crate::signals::shutdown();
+    let run = async {
         // A server that runs no selected case is not started (nor required).
         let runs_a_case = |c: &str| cases.iter().any(|case| applies(c, case.scenario).is_ok());
         for c in a
@@ -296,8 +298,11 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
             started.elapsed().as_secs_f64()
         );
         anyhow::Ok(raw)
-    }
-    .await;
+    };
+    let result = tokio::select! {
+        r = run => r,
+        () = interrupted => Err(anyhow::anyhow!("interrupted; the servers it started are stopped")),
+    };
     for (_, p) in std::mem::take(&mut proxies) {
         stop_proxy(p).await;
     }
