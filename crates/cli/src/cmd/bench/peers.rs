@@ -559,11 +559,8 @@ async fn start_proxy(
     work: &Path,
     targets_port: Option<u16>,
 ) -> anyhow::Result<Proxy> {
-    let targets = match targets_port {
-        Some(t) => t,
-        None if is_forwarder(kind) => bail!("{kind} needs the targets' ports"),
-        None => 0,
-    };
+    // Only a forwarder's configuration names the targets' ports.
+    let targets = || targets_port.with_context(|| format!("{kind} needs the targets' ports"));
     let mut last_err = None;
     // A free port may be taken between the probe and the proxy's bind: try again.
     for _ in 0..3 {
@@ -597,7 +594,7 @@ async fn start_proxy(
             }
             "haproxy" => {
                 let conf = work.join("haproxy.cfg");
-                std::fs::write(&conf, haproxy_conf(port, targets))?;
+                std::fs::write(&conf, haproxy_conf(port, targets()?))?;
                 cmd.arg(&a.haproxy).arg("-f").arg(&conf).arg("-db");
             }
             "nginx" => {
@@ -606,7 +603,7 @@ async fn start_proxy(
                     .nginx_stream_module
                     .exists()
                     .then_some(&*a.nginx_stream_module);
-                std::fs::write(&conf, nginx_conf(port, targets, module, work))?;
+                std::fs::write(&conf, nginx_conf(port, targets()?, module, work))?;
                 // -p: nginx resolves its other paths (logs, temp) under the work folder.
                 cmd.arg(&a.nginx)
                     .arg("-p")
