@@ -239,6 +239,45 @@ fn serve_relays_and_exits_0_on_sigterm() {
     assert_eq!(line["bytes_up"], 5);
 }
 
+/// A reader that stops reading the access log (here: nobody reads the stdout pipe, which
+/// holds 64 KiB) stalls neither the sessions nor the exit. The log used to be written by
+/// the worker threads themselves, so the first full pipe froze every tunnel.
+#[test]
+fn a_stalled_access_log_reader_stalls_neither_sessions_nor_exit() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in target.incoming() {
+            drop(s);
+        }
+    });
+    let mut served = serve("", "--listen 127.0.0.1:0");
+    // ~200 bytes per line: 2000 sessions write several times what the pipe holds.
+    for i in 0..2000 {
+        let (mut s, head) =
+            socks_connect(served.addr, target_addr).unwrap_or_else(|e| panic!("session {i}: {e}"));
+        assert_eq!(&head[..4], &[5, 0, 5, 0], "session {i}");
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("session {i} not closed: {e}"));
+    }
+    send_signal(&served, "-TERM");
+    assert_eq!(exit_code_within_10s(&mut served), Some(0));
+    let warned = std::iter::from_fn(|| served.stderr.recv_timeout(Duration::from_secs(10)).ok())
+        .any(|l| l.contains("took no lines"));
+    assert!(warned, "the lost lines were not reported");
+    let mut stdout = String::new();
+    served
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let first = stdout.lines().next().expect("some lines reached the pipe");
+    assert!(first.contains("cmd=CONNECT"), "{first}");
+}
+
 #[test]
 fn accept_loop_survives_running_out_of_file_descriptors() {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

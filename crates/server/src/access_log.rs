@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 use ferrosocks_proto::{Command, Rep};
@@ -32,14 +32,57 @@ impl std::fmt::Debug for AccessLog {
     }
 }
 
-/// A shared writer for log lines.
+/// Lines waiting for the log's writer, written by a background thread.
+///
+/// Sessions only append to a buffer under a short lock: no system call, and a log reader
+/// that stops reading (a full pipe, a stalled terminal) cannot stall the workers. The
+/// writer thread writes what has gathered every [`FLUSH_INTERVAL`], or sooner once
+/// [`FLUSH_AT`] bytes wait. Past [`MAX_PENDING`] bytes, new lines are dropped and counted
+/// and the count is reported on the diagnostic log, rather than growing without bound.
 #[derive(Clone)]
-pub struct Sink(Arc<Mutex<Box<dyn Write + Send>>>);
+pub struct Sink(Arc<Shared>);
+
+/// How long a line may wait before the writer thread writes it.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Pending bytes that wake the writer thread before its interval ends.
+pub const FLUSH_AT: usize = 64 * 1024;
+/// Pending bytes beyond which new lines are dropped.
+pub const MAX_PENDING: usize = 8 * 1024 * 1024;
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the writer thread before its interval ends, when a large batch waits.
+    wake: Condvar,
+    /// Held for the whole of a flush, so batches reach the writer in the order taken.
+    writer: Mutex<Box<dyn Write + Send>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    /// Lines dropped because `lines` was full, not yet reported.
+    dropped: u64,
+    /// The writer thread has been woken and has not yet taken `lines`.
+    woken: bool,
+}
 
 impl Sink {
-    /// Lines go to this writer.
+    /// Lines go to this writer, from a background thread.
     pub fn new(w: impl Write + Send + 'static) -> Self {
-        Sink(Arc::new(Mutex::new(Box::new(w))))
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            writer: Mutex::new(Box::new(w)),
+        });
+        let weak = Arc::downgrade(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_until_gone(weak));
+        if let Err(e) = spawned {
+            // Lines still reach the writer through `flush`, at exit at the latest.
+            tracing::error!("access log: cannot start its writer thread: {e}");
+        }
+        Sink(shared)
     }
 
     /// Lines go to standard output.
@@ -49,27 +92,106 @@ impl Sink {
 
     /// Lines are kept in memory (for tests); read them with [`MemoryLog::lines`].
     pub fn memory() -> (Self, MemoryLog) {
-        let log = MemoryLog::default();
-        (Self::new(log.clone()), log)
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let sink = Self::new(MemoryWriter(bytes.clone()));
+        let log = MemoryLog {
+            bytes,
+            sink: Arc::downgrade(&sink.0),
+        };
+        (sink, log)
     }
 
     fn write_line(&self, line: &str) {
-        // A poisoned lock only means another writer panicked mid-line; keep logging.
-        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        // Losing a log line must never end a session, so write errors are ignored.
-        let _ = writeln!(w, "{line}");
-        let _ = w.flush();
+        let mut pending = lock(&self.0.pending);
+        if pending.lines.len() + line.len() + 1 > MAX_PENDING {
+            pending.dropped += 1;
+            return;
+        }
+        pending.lines.extend_from_slice(line.as_bytes());
+        pending.lines.push(b'\n');
+        if pending.lines.len() >= FLUSH_AT && !pending.woken {
+            pending.woken = true;
+            self.0.wake.notify_one();
+        }
+    }
+
+    /// Writes every pending line now (the server calls this before it exits).
+    pub fn flush(&self) {
+        self.0.flush();
+    }
+
+    /// Wakes the writer thread now instead of at its interval.
+    #[cfg(test)]
+    fn flush_in_background(&self) {
+        lock(&self.0.pending).woken = true;
+        self.0.wake.notify_one();
     }
 }
 
+impl Shared {
+    fn flush(&self) {
+        let mut writer = lock(&self.writer);
+        let (lines, dropped) = {
+            let mut pending = lock(&self.pending);
+            pending.woken = false;
+            let dropped = std::mem::take(&mut pending.dropped);
+            (std::mem::take(&mut pending.lines), dropped)
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                "access log: {dropped} lines dropped: more than {MAX_PENDING} bytes were waiting for its writer"
+            );
+        }
+        if lines.is_empty() {
+            return;
+        }
+        // Losing log lines must never end a session, so write errors are only reported.
+        if let Err(e) = writer.write_all(&lines).and_then(|()| writer.flush()) {
+            tracing::warn!("access log: write failed: {e}");
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// The writer thread: flushes on every wake-up; it ends within one interval of the last
+/// [`Sink`] being dropped (whose drop flushes what is left).
+fn write_until_gone(shared: Weak<Shared>) {
+    while let Some(shared) = shared.upgrade() {
+        {
+            let pending = lock(&shared.pending);
+            if !pending.woken {
+                // A spurious wake-up only means an early flush.
+                let _ = shared.wake.wait_timeout(pending, FLUSH_INTERVAL);
+            }
+        }
+        shared.flush();
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; logging goes on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// An in-memory log for tests.
-#[derive(Clone, Default)]
-pub struct MemoryLog(Arc<Mutex<Vec<u8>>>);
+#[derive(Clone)]
+pub struct MemoryLog {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    sink: Weak<Shared>,
+}
 
 impl MemoryLog {
-    /// Every line written so far.
+    /// Every line written so far (pending lines are flushed first).
     pub fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sink) = self.sink.upgrade() {
+            sink.flush();
+        }
+        let bytes = lock(&self.bytes);
         String::from_utf8_lossy(&bytes)
             .lines()
             .map(str::to_owned)
@@ -77,12 +199,11 @@ impl MemoryLog {
     }
 }
 
-impl Write for MemoryLog {
+struct MemoryWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for MemoryWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
+        lock(&self.0).extend_from_slice(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -204,5 +325,150 @@ impl AccessLog {
             AccessLog::Text(sink) => sink.write_line(&record.to_text()),
             AccessLog::Json(sink) => sink.write_line(&record.to_json()),
         }
+    }
+
+    /// Writes every pending line now.
+    pub fn flush(&self) {
+        match self {
+            AccessLog::Off => {}
+            AccessLog::Text(sink) | AccessLog::Json(sink) => sink.flush(),
+        }
+    }
+
+    /// Writes every pending line, waiting at most `limit` for a log destination that does
+    /// not take them (a pipe nobody reads), so that exiting does not hang on it. Returns
+    /// whether everything was written in time.
+    pub fn flush_within(&self, limit: Duration) -> bool {
+        let log = self.clone();
+        let (done, flushed) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("access-log-flush".into())
+            .spawn(move || {
+                log.flush();
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => flushed.recv_timeout(limit).is_ok(),
+            Err(_) => {
+                self.flush();
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A writer that stops inside its first `write` until told to go on.
+    struct StallingWriter {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        entered: Option<mpsc::Sender<()>>,
+        go_on: Option<mpsc::Receiver<()>>,
+    }
+
+    impl Write for StallingWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let (Some(entered), Some(go_on)) = (self.entered.take(), self.go_on.take()) {
+                entered.send(()).unwrap();
+                go_on.recv().unwrap();
+            }
+            lock(&self.bytes).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn line_count(bytes: &Mutex<Vec<u8>>) -> usize {
+        lock(bytes).iter().filter(|&&b| b == b'\n').count()
+    }
+
+    #[test]
+    fn the_writer_thread_writes_lines_without_an_explicit_flush() {
+        let (sink, log) = Sink::memory();
+        sink.write_line("one");
+        sink.write_line("two");
+        // Liveness guard only: the thread writes within FLUSH_INTERVAL on any sane machine.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while line_count(&log.bytes) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lines were never written"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*lock(&log.bytes), b"one\ntwo\n");
+    }
+
+    #[test]
+    fn lines_from_many_threads_arrive_whole_and_in_each_threads_order() {
+        let (sink, log) = Sink::memory();
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5000 {
+                        sink.write_line(&format!("thread={t} line={i} {}", "x".repeat(i % 50)));
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let lines = log.lines();
+        assert_eq!(lines.len(), 4 * 5000);
+        let mut next = [0usize; 4];
+        for line in lines {
+            let mut words = line.split(' ');
+            let t: usize = words.next().unwrap()["thread=".len()..].parse().unwrap();
+            let i: usize = words.next().unwrap()["line=".len()..].parse().unwrap();
+            assert_eq!(i, next[t], "thread {t} out of order");
+            assert_eq!(words.next().unwrap_or(""), "x".repeat(i % 50));
+            next[t] += 1;
+        }
+    }
+
+    #[test]
+    fn a_stalled_writer_neither_blocks_sessions_nor_grows_the_buffer_without_bound() {
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let (entered_tx, entered) = mpsc::channel();
+        let (go_on, go_on_rx) = mpsc::channel();
+        let sink = Sink::new(StallingWriter {
+            bytes: bytes.clone(),
+            entered: Some(entered_tx),
+            go_on: Some(go_on_rx),
+        });
+        sink.write_line("first");
+        sink.flush_in_background();
+        entered
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer thread reached the writer");
+
+        // The writer is stuck inside `write`; sessions keep logging from another thread.
+        let line = "y".repeat(999);
+        let total = 2 * MAX_PENDING / 1000;
+        let (done_tx, done) = mpsc::channel();
+        let logging = sink.clone();
+        std::thread::spawn(move || {
+            for _ in 0..total {
+                logging.write_line(&line);
+            }
+            done_tx.send(()).unwrap();
+        });
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("write_line blocked behind a stalled writer");
+        let dropped = lock(&sink.0.pending).dropped as usize;
+        assert!(lock(&sink.0.pending).lines.len() <= MAX_PENDING);
+        assert_eq!(dropped, total - MAX_PENDING / 1000);
+
+        go_on.send(()).unwrap();
+        sink.flush();
+        assert_eq!(line_count(&bytes), 1 + total - dropped);
+        assert_eq!(lock(&sink.0.pending).dropped, 0, "the drop was reported");
     }
 }

@@ -2,6 +2,7 @@
 //! reload on SIGHUP.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use ferrosocks_server::{Server, ServerHandle};
 use tokio::signal::unix::{Signal, SignalKind};
@@ -9,6 +10,9 @@ use tokio::signal::unix::{Signal, SignalKind};
 use crate::args::ServeArgs;
 use crate::config_file;
 use crate::{logging, signals};
+
+/// How long exiting waits for the access log's last lines to be written.
+const ACCESS_LOG_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     let (config, log) = match config_file::load(args.config.as_deref(), &args.overrides) {
@@ -24,6 +28,7 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     // reachable must find its handler (see `signals::shutdown`).
     let shutdown = signals::shutdown();
     let hup = signals::watch(SignalKind::hangup(), "SIGHUP");
+    let access_log = config.access_log.clone();
     let server = match Server::bind(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -38,6 +43,13 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         tracing::warn!("reloading on SIGHUP is disabled");
     }
     server.run(shutdown).await;
+    // The access log's writer thread writes at intervals; the lines of the last sessions
+    // are written here, before the process exits and cuts that thread off.
+    if !access_log.flush_within(ACCESS_LOG_EXIT_WAIT) {
+        tracing::warn!(
+            "access log: its destination took no lines for {ACCESS_LOG_EXIT_WAIT:?}; exiting without the last ones"
+        );
+    }
     ExitCode::SUCCESS
 }
 
