@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ferrosocks_proto::{Command, Rep};
@@ -36,25 +36,29 @@ impl std::fmt::Debug for AccessLog {
 ///
 /// Sessions only append to a buffer under a short lock: no system call, and a log reader
 /// that stops reading (a full pipe, a stalled terminal) cannot stall the workers. The
-/// writer thread writes what has gathered every [`FLUSH_INTERVAL`], or sooner once
-/// [`FLUSH_AT`] bytes wait. Past [`MAX_PENDING`] bytes, new lines are dropped and counted
-/// and the count is reported on the diagnostic log, rather than growing without bound.
+/// writer thread sleeps while there is nothing to write; after a line arrives it gathers
+/// for [`FLUSH_INTERVAL`] (less once [`FLUSH_AT`] bytes wait) and writes them all at once.
+/// Past [`MAX_PENDING`] bytes, new lines are dropped and counted and the count is reported
+/// on the diagnostic log, rather than the buffer growing without bound.
 #[derive(Clone)]
-pub struct Sink(Arc<Shared>);
+pub struct Sink(Arc<Owner>);
 
 /// How long a line may wait before the writer thread writes it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// Pending bytes that wake the writer thread before its interval ends.
+/// Pending bytes that end the writer thread's wait early.
 pub const FLUSH_AT: usize = 64 * 1024;
 /// Pending bytes beyond which new lines are dropped.
 pub const MAX_PENDING: usize = 8 * 1024 * 1024;
 
+/// Dropped with the last [`Sink`]: tells the writer thread to write what is left and end.
+struct Owner(Arc<Shared>);
+
 struct Shared {
     pending: Mutex<Pending>,
-    /// Wakes the writer thread before its interval ends, when a large batch waits.
+    /// Wakes the writer thread: a first line, a large batch, or the last `Sink` gone.
     wake: Condvar,
     /// Held for the whole of a flush, so batches reach the writer in the order taken.
-    writer: Mutex<Box<dyn Write + Send>>,
+    writer: Mutex<Writer>,
 }
 
 #[derive(Default)]
@@ -62,9 +66,22 @@ struct Pending {
     lines: Vec<u8>,
     /// Lines dropped because `lines` was full, not yet reported.
     dropped: u64,
-    /// The writer thread has been woken and has not yet taken `lines`.
+    /// The writer thread sleeps until a line arrives.
+    idle: bool,
+    /// The writer thread has been woken early and has not yet taken `lines`.
     woken: bool,
+    /// The last `Sink` is gone.
+    closed: bool,
 }
+
+struct Writer {
+    out: Box<dyn Write + Send>,
+    /// The buffer written last time, kept to be swapped in for `Pending::lines`.
+    spare: Vec<u8>,
+}
+
+/// What the spare buffer is cut back to after a burst.
+const SPARE_KEPT: usize = 4 * FLUSH_AT;
 
 impl Sink {
     /// Lines go to this writer, from a background thread.
@@ -72,17 +89,20 @@ impl Sink {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
-            writer: Mutex::new(Box::new(w)),
+            writer: Mutex::new(Writer {
+                out: Box::new(w),
+                spare: Vec::new(),
+            }),
         });
-        let weak = Arc::downgrade(&shared);
+        let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_until_gone(weak));
+            .spawn(move || write_until_closed(&thread_shared));
         if let Err(e) = spawned {
             // Lines still reach the writer through `flush`, at exit at the latest.
             tracing::error!("access log: cannot start its writer thread: {e}");
         }
-        Sink(shared)
+        Sink(Arc::new(Owner(shared)))
     }
 
     /// Lines go to standard output.
@@ -96,34 +116,49 @@ impl Sink {
         let sink = Self::new(MemoryWriter(bytes.clone()));
         let log = MemoryLog {
             bytes,
-            sink: Arc::downgrade(&sink.0),
+            shared: sink.shared().clone(),
         };
         (sink, log)
     }
 
+    fn shared(&self) -> &Arc<Shared> {
+        &self.0 .0
+    }
+
     fn write_line(&self, line: &str) {
-        let mut pending = lock(&self.0.pending);
+        let shared = self.shared();
+        let mut pending = lock(&shared.pending);
         if pending.lines.len() + line.len() + 1 > MAX_PENDING {
             pending.dropped += 1;
             return;
         }
         pending.lines.extend_from_slice(line.as_bytes());
         pending.lines.push(b'\n');
-        if pending.lines.len() >= FLUSH_AT && !pending.woken {
+        if pending.idle {
+            pending.idle = false;
+            shared.wake.notify_one();
+        } else if pending.lines.len() >= FLUSH_AT && !pending.woken {
             pending.woken = true;
-            self.0.wake.notify_one();
+            shared.wake.notify_one();
         }
     }
 
     /// Writes every pending line now (the server calls this before it exits).
     pub fn flush(&self) {
-        self.0.flush();
+        self.shared().flush();
     }
 
-    /// Wakes the writer thread now instead of at its interval.
+    /// Ends the writer thread's wait now instead of at its interval.
     #[cfg(test)]
     fn flush_in_background(&self) {
-        lock(&self.0.pending).woken = true;
+        lock(&self.shared().pending).woken = true;
+        self.shared().wake.notify_one();
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        lock(&self.0.pending).closed = true;
         self.0.wake.notify_one();
     }
 }
@@ -131,45 +166,66 @@ impl Sink {
 impl Shared {
     fn flush(&self) {
         let mut writer = lock(&self.writer);
-        let (lines, dropped) = {
+        let writer = &mut *writer;
+        let dropped = {
             let mut pending = lock(&self.pending);
             pending.woken = false;
-            let dropped = std::mem::take(&mut pending.dropped);
-            (std::mem::take(&mut pending.lines), dropped)
+            std::mem::swap(&mut pending.lines, &mut writer.spare);
+            std::mem::take(&mut pending.dropped)
         };
         if dropped > 0 {
             tracing::warn!(
                 "access log: {dropped} lines dropped: more than {MAX_PENDING} bytes were waiting for its writer"
             );
         }
-        if lines.is_empty() {
+        if writer.spare.is_empty() {
             return;
         }
         // Losing log lines must never end a session, so write errors are only reported.
-        if let Err(e) = writer.write_all(&lines).and_then(|()| writer.flush()) {
+        let written = writer
+            .out
+            .write_all(&writer.spare)
+            .and_then(|()| writer.out.flush());
+        if let Err(e) = written {
             tracing::warn!("access log: write failed: {e}");
         }
+        writer.spare.clear();
+        writer.spare.shrink_to(SPARE_KEPT);
     }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
+        // Only has lines to write if the writer thread could not be started.
         self.flush();
     }
 }
 
-/// The writer thread: flushes on every wake-up; it ends within one interval of the last
-/// [`Sink`] being dropped (whose drop flushes what is left).
-fn write_until_gone(shared: Weak<Shared>) {
-    while let Some(shared) = shared.upgrade() {
-        {
-            let pending = lock(&shared.pending);
-            if !pending.woken {
-                // A spurious wake-up only means an early flush.
-                let _ = shared.wake.wait_timeout(pending, FLUSH_INTERVAL);
-            }
+/// The writer thread: sleeps while there is nothing to write, gathers lines for one
+/// interval, writes them, and ends once the last [`Sink`] is gone and all is written.
+fn write_until_closed(shared: &Shared) {
+    loop {
+        let mut pending = lock(&shared.pending);
+        while pending.lines.is_empty() && pending.dropped == 0 && !pending.closed {
+            // No timer while idle: an idle server's log thread never wakes.
+            pending.idle = true;
+            pending = shared.wake.wait(pending).unwrap_or_else(|e| e.into_inner());
         }
+        pending.idle = false;
+        if !pending.woken && !pending.closed {
+            // A spurious wake-up only means an early flush.
+            pending = shared
+                .wake
+                .wait_timeout(pending, FLUSH_INTERVAL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let closed = pending.closed;
+        drop(pending);
         shared.flush();
+        if closed {
+            return;
+        }
     }
 }
 
@@ -182,15 +238,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct MemoryLog {
     bytes: Arc<Mutex<Vec<u8>>>,
-    sink: Weak<Shared>,
+    shared: Arc<Shared>,
 }
 
 impl MemoryLog {
     /// Every line written so far (pending lines are flushed first).
     pub fn lines(&self) -> Vec<String> {
-        if let Some(sink) = self.sink.upgrade() {
-            sink.flush();
-        }
+        self.shared.flush();
         let bytes = lock(&self.bytes);
         String::from_utf8_lossy(&bytes)
             .lines()
@@ -405,6 +459,26 @@ mod tests {
     }
 
     #[test]
+    fn dropping_the_last_sink_writes_what_is_left_and_ends_the_thread() {
+        let (sink, log) = Sink::memory();
+        let copy = sink.clone();
+        sink.write_line("kept");
+        drop(sink);
+        copy.write_line("last");
+        drop(copy);
+        // The thread holds the other reference to the shared state until it ends.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&log.shared) > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(*lock(&log.bytes), b"kept\nlast\n");
+    }
+
+    #[test]
     fn lines_from_many_threads_arrive_whole_and_in_each_threads_order() {
         let (sink, log) = Sink::memory();
         let writers: Vec<_> = (0..4)
@@ -462,13 +536,17 @@ mod tests {
         });
         done.recv_timeout(Duration::from_secs(10))
             .expect("write_line blocked behind a stalled writer");
-        let dropped = lock(&sink.0.pending).dropped as usize;
-        assert!(lock(&sink.0.pending).lines.len() <= MAX_PENDING);
+        let dropped = lock(&sink.shared().pending).dropped as usize;
+        assert!(lock(&sink.shared().pending).lines.len() <= MAX_PENDING);
         assert_eq!(dropped, total - MAX_PENDING / 1000);
 
         go_on.send(()).unwrap();
         sink.flush();
         assert_eq!(line_count(&bytes), 1 + total - dropped);
-        assert_eq!(lock(&sink.0.pending).dropped, 0, "the drop was reported");
+        assert_eq!(
+            lock(&sink.shared().pending).dropped,
+            0,
+            "the drop was reported"
+        );
     }
 }
