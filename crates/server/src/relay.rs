@@ -241,6 +241,8 @@ mod splice {
     /// Pipe capacity asked for. Larger pipes move a bulk stream in fewer splice calls; the
     /// kernel may grant less (`/proc/sys/fs/pipe-max-size`), which only costs calls.
     const PIPE_SIZE: usize = 256 * 1024;
+    /// What a `recv` past an urgent mark reads at most; splice takes over after it.
+    const PROBE_BUFFER: usize = 2048;
     /// Empty pipes kept for reuse. Beyond this, returned pipes are closed.
     const POOL_MAX: usize = 256;
 
@@ -304,6 +306,9 @@ mod splice {
     ) -> io::Result<()> {
         // Polls without sleeping only for `busy_poll` after bytes last moved.
         let mut spin = Spin::new(busy_poll);
+        // Whether the last splice moved bytes. An EAGAIN right after one is the socket
+        // running dry; an EAGAIN after a wake-up means it brought nothing splice could read.
+        let mut after_progress = true;
         loop {
             until_ready(spin.remaining(), || src.readable()).await?;
             let pipe = pool.take()?;
@@ -314,11 +319,28 @@ mod splice {
             let mut pending = match filled {
                 Ok(0) => {
                     pool.put(pipe);
-                    return end_of_stream(dst, ended);
+                    // Also what splice says at an urgent mark with the FIN behind it.
+                    match read_past_urgent_mark(src, dst).await? {
+                        Probe::Moved(n) => {
+                            count(n, moved, activity, &mut spin);
+                            continue;
+                        }
+                        Probe::Eof => return end_of_stream(dst, ended),
+                        Probe::Empty => continue,
+                    }
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     pool.put(pipe);
+                    if !std::mem::replace(&mut after_progress, false) {
+                        // Usually a wake-up for bytes already read; at an urgent mark, the
+                        // only way on.
+                        match read_past_urgent_mark(src, dst).await? {
+                            Probe::Moved(n) => count(n, moved, activity, &mut spin),
+                            Probe::Eof => return end_of_stream(dst, ended),
+                            Probe::Empty => {}
+                        }
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -337,9 +359,47 @@ mod splice {
                 }
             }
             pool.put(pipe);
-            moved.fetch_add(total as u64, Ordering::Relaxed);
-            activity.touch();
-            spin.moved();
+            count(total, moved, activity, &mut spin);
+            after_progress = true;
+        }
+    }
+
+    fn count(n: usize, moved: &AtomicU64, activity: &Activity, spin: &mut Spin) {
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+        spin.moved();
+    }
+
+    /// What a plain read found where splice found nothing.
+    enum Probe {
+        /// Bytes read and written on.
+        Moved(usize),
+        /// The peer's FIN.
+        Eof,
+        /// Nothing to read.
+        Empty,
+    }
+
+    /// Reads with `recv` where splice cannot. Splice stops at a TCP urgent mark (out-of-band
+    /// data, such as an FTP client's ABOR or a telnet interrupt) and never passes it: it
+    /// answers EAGAIN, or 0 once the FIN has arrived, while the bytes behind the mark wait
+    /// forever. `recv` skips the urgent byte (it is out of band) and reads on, the same bytes
+    /// the copy relay passes; after that, splice works again.
+    async fn read_past_urgent_mark(src: &TcpStream, dst: &TcpStream) -> io::Result<Probe> {
+        // On the stack, not held across the await below: the common answers (EOF, nothing)
+        // allocate nothing.
+        let read = {
+            let mut buf = [0u8; PROBE_BUFFER];
+            src.try_read(&mut buf).map(|n| buf[..n].to_vec())
+        };
+        match read {
+            Ok(bytes) if bytes.is_empty() => Ok(Probe::Eof),
+            Ok(bytes) => {
+                super::write_all(dst, &bytes).await?;
+                Ok(Probe::Moved(bytes.len()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Probe::Empty),
+            Err(e) => Err(e),
         }
     }
 }

@@ -160,6 +160,78 @@ async fn half_close_round(mode: RelayMode, busy_poll: Duration) {
     );
 }
 
+/// TCP urgent data (an FTP client's ABOR, a telnet interrupt) used to stall the splice
+/// relay for good: splice stops at the urgent mark and never passes it. Both relays now pass
+/// the in-band bytes around the mark, as a `recv` reader sees them (the urgent byte itself
+/// is out of band), whether the FIN follows at once or later, in both directions.
+#[tokio::test]
+async fn urgent_data_does_not_stall_the_tunnel() {
+    for mode in [RelayMode::Splice, RelayMode::Copy] {
+        for upload in [true, false] {
+            for fin_at_once in [true, false] {
+                urgent_round(mode, upload, fin_at_once).await;
+            }
+        }
+    }
+}
+
+/// Sends `abc`, the urgent byte `!`, `def`, then EOF.
+async fn send_with_urgent_byte(s: &mut tokio::net::TcpStream, fin_at_once: bool) {
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    s.write_all(b"abc").await.unwrap();
+    // Apart, so the urgent mark does not fall inside one segment with the rest.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(send(s.as_raw_fd(), b"!", MsgFlags::MSG_OOB).unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    s.write_all(b"def").await.unwrap();
+    if !fin_at_once {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.shutdown().await.unwrap();
+}
+
+async fn urgent_round(mode: RelayMode, upload: bool, fin_at_once: bool) {
+    let case = format!("{mode:?}, upload {upload}, FIN at once {fin_at_once}");
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let target_side = tokio::spawn(async move {
+        let (mut s, _) = target.accept().await.unwrap();
+        let mut got = Vec::new();
+        if upload {
+            s.read_to_end(&mut got).await.unwrap();
+        } else {
+            send_with_urgent_byte(&mut s, fin_at_once).await;
+        }
+        got
+    });
+    let mut config = test_config();
+    config.relay_mode = mode;
+    config.busy_poll = BusyPoll::Window(Duration::ZERO);
+    let server = spawn_server(config).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::CONNECT, &target_addr.to_string()))
+        .await;
+    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    let mut got = Vec::new();
+    if upload {
+        send_with_urgent_byte(&mut c.stream, fin_at_once).await;
+        got = with_deadline(target_side).await.unwrap();
+    } else {
+        c.stream.shutdown().await.unwrap();
+        with_deadline(c.stream.read_to_end(&mut got)).await.unwrap();
+    }
+    assert_eq!(got, b"abcdef", "{case}");
+    let line = server.wait_for_log("\"end\":\"closed\"").await;
+    let counted = if upload {
+        "\"bytes_up\":6"
+    } else {
+        "\"bytes_down\":6"
+    };
+    assert!(line.contains(counted), "{case}: {line}");
+}
+
 #[tokio::test]
 async fn bulk_transfer_is_byte_exact() {
     for mode in [RelayMode::Splice, RelayMode::Copy] {
