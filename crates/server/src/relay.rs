@@ -99,8 +99,9 @@ impl Activity {
 
 /// Passes a source's EOF on to `dst`. Only the first direction to end sends a `shutdown`:
 /// when the second ends, the tunnel is over and closing the sockets, which the caller must
-/// do at once (see [`relay`]), sends the same FIN, one system call fewer per tunnel. Nothing is left unread then
-/// (the other direction read to EOF), so the close is a FIN and never a reset.
+/// do at once (see [`relay`]), sends the same FIN, one system call fewer per tunnel.
+/// Nothing is left unread then (the other direction read to EOF), so the close is a FIN
+/// and never a reset.
 fn end_of_stream(dst: &TcpStream, other_ended: &AtomicBool) -> io::Result<()> {
     if other_ended.swap(true, Ordering::AcqRel) {
         return Ok(());
