@@ -450,14 +450,10 @@ fn build(
     let sink = match access_target.as_str() {
         "off" | "none" => None,
         "stdout" | "-" => Some(Sink::stdout()),
-        path => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| plain_error(format!("cannot open access log {path}: {e}")))?;
-            Some(Sink::new(file))
-        }
+        path => Some(
+            Sink::file(path)
+                .map_err(|e| plain_error(format!("cannot open access log {path}: {e}")))?,
+        ),
     };
     let access_log = match (sink, access_format) {
         (None, _) => AccessLog::Off,

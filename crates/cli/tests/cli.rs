@@ -278,6 +278,51 @@ fn a_stalled_access_log_reader_stalls_neither_sessions_nor_exit() {
     assert!(first.contains("cmd=CONNECT"), "{first}");
 }
 
+/// Log rotation: after the file is moved away, SIGHUP makes the server write to a new file
+/// of the same name; the lines of earlier sessions stay in the moved file.
+#[test]
+fn sighup_reopens_the_access_log_file() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in target.incoming() {
+            drop(s);
+        }
+    });
+    let log = temp_file("rotate-access.log", "");
+    let rotated = log.with_extension("log.1");
+    let mut served = serve(
+        "",
+        &format!("--listen 127.0.0.1:0 --access-log {}", log.display()),
+    );
+    let session = |served: &Served| {
+        let (mut s, head) = socks_connect(served.addr, target_addr).unwrap();
+        assert_eq!(&head[..4], &[5, 0, 5, 0]);
+        s.read_to_end(&mut Vec::new()).unwrap();
+    };
+    session(&served);
+    std::fs::rename(&log, &rotated).unwrap();
+    send_signal(&served, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = served
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server reported the reopen");
+        if line.contains("reopened access log") {
+            break;
+        }
+    }
+    session(&served);
+    send_signal(&served, "-TERM");
+    assert_eq!(exit_code_within_10s(&mut served), Some(0));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(old.lines().count(), 1, "{old}");
+    assert_eq!(new.lines().count(), 1, "{new}");
+    assert!(new.contains("cmd=CONNECT"), "{new}");
+}
+
 #[test]
 fn accept_loop_survives_running_out_of_file_descriptors() {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

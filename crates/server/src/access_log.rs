@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -59,6 +60,8 @@ struct Shared {
     wake: Condvar,
     /// Held for the whole of a flush, so batches reach the writer in the order taken.
     writer: Mutex<Writer>,
+    /// The file written to, if it is one: [`Sink::reopen`] opens it again.
+    path: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -86,13 +89,26 @@ const SPARE_KEPT: usize = 4 * FLUSH_AT;
 impl Sink {
     /// Lines go to this writer, from a background thread.
     pub fn new(w: impl Write + Send + 'static) -> Self {
+        Self::with_path(Box::new(w), None)
+    }
+
+    /// Lines are appended to the file at `path` (created if missing); [`Sink::reopen`]
+    /// opens it again after it was moved away (log rotation).
+    pub fn file(path: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let path = path.into();
+        let file = open_append(&path)?;
+        Ok(Self::with_path(Box::new(file), Some(path)))
+    }
+
+    fn with_path(out: Box<dyn Write + Send>, path: Option<PathBuf>) -> Self {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             writer: Mutex::new(Writer {
-                out: Box::new(w),
+                out,
                 spare: Vec::new(),
             }),
+            path,
         });
         let thread_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -148,6 +164,21 @@ impl Sink {
         self.shared().flush();
     }
 
+    /// Opens the log's file again by its name, after writing what is pending to the old
+    /// one: after a rotation moved the file away, lines go to a new file of the same
+    /// name. Returns the file's name, or `None` when the log is not a file. On error the
+    /// old file stays in use.
+    pub fn reopen(&self) -> std::io::Result<Option<&Path>> {
+        let shared = self.shared();
+        let Some(path) = shared.path.as_deref() else {
+            return Ok(None);
+        };
+        let mut writer = lock(&shared.writer);
+        shared.flush_locked(&mut writer);
+        writer.out = Box::new(open_append(path)?);
+        Ok(Some(path))
+    }
+
     /// Ends the writer thread's wait now instead of at its interval.
     #[cfg(test)]
     fn flush_in_background(&self) {
@@ -163,10 +194,19 @@ impl Drop for Owner {
     }
 }
 
+fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 impl Shared {
     fn flush(&self) {
-        let mut writer = lock(&self.writer);
-        let writer = &mut *writer;
+        self.flush_locked(&mut lock(&self.writer));
+    }
+
+    fn flush_locked(&self, writer: &mut Writer) {
         let dropped = {
             let mut pending = lock(&self.pending);
             pending.woken = false;
@@ -389,6 +429,14 @@ impl AccessLog {
         }
     }
 
+    /// Opens the log's file again (see [`Sink::reopen`]); `Ok(None)` when it is not a file.
+    pub fn reopen(&self) -> std::io::Result<Option<&Path>> {
+        match self {
+            AccessLog::Off => Ok(None),
+            AccessLog::Text(sink) | AccessLog::Json(sink) => sink.reopen(),
+        }
+    }
+
     /// Writes every pending line, waiting at most `limit` for a log destination that does
     /// not take them (a pipe nobody reads), so that exiting does not hang on it. Returns
     /// whether everything was written in time.
@@ -476,6 +524,30 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(*lock(&log.bytes), b"kept\nlast\n");
+    }
+
+    #[test]
+    fn reopen_after_rotation_writes_to_a_new_file_of_the_same_name() {
+        let dir = std::env::temp_dir().join(format!("ferrosocks-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let rotated = dir.join("access.log.1");
+        let _ = std::fs::remove_file(&path);
+        let sink = Sink::file(&path).unwrap();
+        sink.write_line("before");
+        std::fs::rename(&path, &rotated).unwrap();
+        // Written after the move but before the reopen: still the old file's.
+        sink.write_line("pending at the reopen");
+        assert_eq!(sink.reopen().unwrap(), Some(path.as_path()));
+        sink.write_line("after");
+        sink.flush();
+        assert_eq!(
+            std::fs::read_to_string(&rotated).unwrap(),
+            "before\npending at the reopen\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "after\n");
+        assert_eq!(Sink::memory().0.reopen().unwrap(), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

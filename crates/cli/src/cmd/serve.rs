@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ferrosocks_server::{Server, ServerHandle};
+use ferrosocks_server::{AccessLog, Server, ServerHandle};
 use tokio::signal::unix::{Signal, SignalKind};
 
 use crate::args::ServeArgs;
@@ -38,7 +38,12 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     if let Some(hup) = hup {
-        tokio::spawn(reload_on_sighup(hup, server.handle(), args));
+        tokio::spawn(reload_on_sighup(
+            hup,
+            server.handle(),
+            access_log.clone(),
+            args,
+        ));
     } else {
         tracing::warn!("reloading on SIGHUP is disabled");
     }
@@ -53,10 +58,23 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Re-reads the configuration on SIGHUP and swaps users, methods and rules. A bad file is
-/// reported and the running settings stay.
-async fn reload_on_sighup(mut hup: Signal, handle: ServerHandle, args: ServeArgs) {
+/// Re-reads the configuration on SIGHUP and swaps users, methods and rules (a bad file is
+/// reported and the running settings stay), and opens the access-log file again, for log
+/// rotation.
+async fn reload_on_sighup(
+    mut hup: Signal,
+    handle: ServerHandle,
+    access_log: AccessLog,
+    args: ServeArgs,
+) {
     while hup.recv().await.is_some() {
+        match access_log.reopen() {
+            Ok(Some(path)) => tracing::info!("SIGHUP: reopened access log {}", path.display()),
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                "SIGHUP: access log not reopened, still writing to the old file: {e}"
+            ),
+        }
         match config_file::load(args.config.as_deref(), &args.overrides) {
             Ok((config, _)) => {
                 tracing::info!(
