@@ -242,8 +242,8 @@ mod splice {
     /// Pipe capacity asked for. Larger pipes move a bulk stream in fewer splice calls; the
     /// kernel may grant less (`/proc/sys/fs/pipe-max-size`), which only costs calls.
     const PIPE_SIZE: usize = 256 * 1024;
-    /// What a `recv` past an urgent mark reads at most; splice takes over after it.
-    const PROBE_BUFFER: usize = 2048;
+    /// What one `recv` reads at most; a read that fills it hands the direction to splice.
+    const RECV_BUFFER: usize = 4096;
     /// Empty pipes kept for reuse. Beyond this, returned pipes are closed.
     const POOL_MAX: usize = 256;
 
@@ -295,7 +295,15 @@ mod splice {
 
     const FLAGS: SpliceFFlags = SpliceFFlags::SPLICE_F_MOVE.union(SpliceFFlags::SPLICE_F_NONBLOCK);
 
-    /// One direction: socket → pipe → socket, until EOF.
+    /// One direction, until EOF. Small reads go through `recv` and `send` (as many system
+    /// calls as splicing them in and out); once a read fills its buffer the direction
+    /// splices, socket → pipe → socket, until splice finds nothing.
+    ///
+    /// Splice is trusted only when it moves bytes. It stops at a TCP urgent mark (out-of-band
+    /// data: an FTP client's ABOR, a telnet interrupt) and never passes it, answering EAGAIN,
+    /// or 0 once a FIN has arrived, while the bytes behind the mark wait; so every EAGAIN or
+    /// 0 from splice is checked at once with `recv`, which skips the urgent byte (it is out
+    /// of band), reads on, and tells an empty socket and the end of the stream apart.
     pub(super) async fn pump(
         src: &TcpStream,
         dst: &TcpStream,
@@ -307,62 +315,72 @@ mod splice {
     ) -> io::Result<()> {
         // Polls without sleeping only for `busy_poll` after bytes last moved.
         let mut spin = Spin::new(busy_poll);
-        // Whether the last splice moved bytes. An EAGAIN right after one is the socket
-        // running dry; an EAGAIN after a wake-up means it brought nothing splice could read.
-        let mut after_progress = true;
+        let mut bulk = false;
         loop {
             until_ready(spin.remaining(), || src.readable()).await?;
-            let pipe = pool.take()?;
-            let filled = src.try_io(Interest::READABLE, || {
-                splice(src.as_fd(), None, &pipe.write, None, pipe.capacity, FLAGS)
-                    .map_err(io::Error::from)
-            });
-            let mut pending = match filled {
-                Ok(0) => {
-                    pool.put(pipe);
-                    // Also what splice says at an urgent mark with the FIN behind it.
-                    match read_past_urgent_mark(src, dst).await? {
-                        Probe::Moved(n) => {
-                            count(n, moved, activity, &mut spin);
-                            continue;
-                        }
-                        Probe::Eof => return end_of_stream(dst, ended),
-                        Probe::Empty => continue,
+            if bulk {
+                match splice_chunk(src, dst, pool).await? {
+                    Some(n) => {
+                        count(n, moved, activity, &mut spin);
+                        continue;
                     }
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    pool.put(pipe);
-                    if !std::mem::replace(&mut after_progress, false) {
-                        // Usually a wake-up for bytes already read; at an urgent mark, the
-                        // only way on.
-                        match read_past_urgent_mark(src, dst).await? {
-                            Probe::Moved(n) => count(n, moved, activity, &mut spin),
-                            Probe::Eof => return end_of_stream(dst, ended),
-                            Probe::Empty => {}
-                        }
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            let total = pending;
-            while pending > 0 {
-                dst.writable().await?;
-                match dst.try_io(Interest::WRITABLE, || {
-                    splice(&pipe.read, None, dst.as_fd(), None, pending, FLAGS)
-                        .map_err(io::Error::from)
-                }) {
-                    Ok(n) => pending -= n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    // The pipe still holds bytes: it is dropped (closed), not pooled.
-                    Err(e) => return Err(e),
+                    None => bulk = false,
                 }
             }
-            pool.put(pipe);
-            count(total, moved, activity, &mut spin);
-            after_progress = true;
+            match recv_and_send(src, dst)? {
+                Received::Sent { n, filled } => {
+                    count(n, moved, activity, &mut spin);
+                    bulk = filled;
+                }
+                Received::Unsent(rest, n) => {
+                    super::write_all(dst, &rest).await?;
+                    count(n, moved, activity, &mut spin);
+                }
+                Received::Eof => return end_of_stream(dst, ended),
+                // The read cleared the socket's readiness: the next turn waits.
+                Received::Nothing => {}
+            }
         }
+    }
+
+    /// Splices what `src` holds through a pipe into `dst`. `None`: splice read nothing,
+    /// with `src`'s readiness left as it was for the `recv` that must follow.
+    async fn splice_chunk(
+        src: &TcpStream,
+        dst: &TcpStream,
+        pool: &PipePool,
+    ) -> io::Result<Option<usize>> {
+        let pipe = pool.take()?;
+        let filled = src.try_io(Interest::READABLE, || {
+            match splice(src.as_fd(), None, &pipe.write, None, pipe.capacity, FLAGS) {
+                // Returned as a value, not as WouldBlock, which would clear the readiness
+                // that the checking `recv` needs.
+                Err(nix::errno::Errno::EAGAIN) => Ok(0),
+                other => other.map_err(io::Error::from),
+            }
+        });
+        let mut pending = match filled {
+            Ok(0) => {
+                pool.put(pipe);
+                return Ok(None);
+            }
+            Ok(n) => n,
+            Err(e) => return Err(e),
+        };
+        let total = pending;
+        while pending > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(&pipe.read, None, dst.as_fd(), None, pending, FLAGS).map_err(io::Error::from)
+            }) {
+                Ok(n) => pending -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The pipe still holds bytes: it is dropped (closed), not pooled.
+                Err(e) => return Err(e),
+            }
+        }
+        pool.put(pipe);
+        Ok(Some(total))
     }
 
     fn count(n: usize, moved: &AtomicU64, activity: &Activity, spin: &mut Spin) {
@@ -371,37 +389,42 @@ mod splice {
         spin.moved();
     }
 
-    /// What a plain read found where splice found nothing.
-    enum Probe {
-        /// Bytes read and written on.
-        Moved(usize),
+    /// What one `recv` found.
+    enum Received {
+        /// `n` bytes read and sent on; `filled`: they filled the buffer, more is likely.
+        Sent { n: usize, filled: bool },
+        /// `n` bytes read, of which `dst` did not take these yet.
+        Unsent(Vec<u8>, usize),
         /// The peer's FIN.
         Eof,
         /// Nothing to read.
-        Empty,
+        Nothing,
     }
 
-    /// Reads with `recv` where splice cannot. Splice stops at a TCP urgent mark (out-of-band
-    /// data, such as an FTP client's ABOR or a telnet interrupt) and never passes it: it
-    /// answers EAGAIN, or 0 once the FIN has arrived, while the bytes behind the mark wait
-    /// forever. `recv` skips the urgent byte (it is out of band) and reads on, the same bytes
-    /// the copy relay passes; after that, splice works again.
-    async fn read_past_urgent_mark(src: &TcpStream, dst: &TcpStream) -> io::Result<Probe> {
-        // On the stack, not held across the await below: the common answers (EOF, nothing)
-        // allocate nothing.
-        let read = {
-            let mut buf = [0u8; PROBE_BUFFER];
-            src.try_read(&mut buf).map(|n| buf[..n].to_vec())
+    /// One `recv` into a buffer on the stack and one non-blocking `send` of what it got.
+    /// Synchronous, so the buffer is never part of the tunnel's task; only bytes `dst`
+    /// cannot take at once are copied out to wait.
+    fn recv_and_send(src: &TcpStream, dst: &TcpStream) -> io::Result<Received> {
+        let mut buf = [0u8; RECV_BUFFER];
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => return Ok(Received::Eof),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Received::Nothing),
+            Err(e) => return Err(e),
         };
-        match read {
-            Ok(bytes) if bytes.is_empty() => Ok(Probe::Eof),
-            Ok(bytes) => {
-                super::write_all(dst, &bytes).await?;
-                Ok(Probe::Moved(bytes.len()))
+        let sent = match dst.try_write(&buf[..n]) {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        Ok(if sent == n {
+            Received::Sent {
+                n,
+                filled: n == RECV_BUFFER,
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Probe::Empty),
-            Err(e) => Err(e),
-        }
+        } else {
+            Received::Unsent(buf[sent..n].to_vec(), n)
+        })
     }
 }
 

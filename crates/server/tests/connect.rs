@@ -161,49 +161,60 @@ async fn half_close_round(mode: RelayMode, busy_poll: Duration) {
 }
 
 /// TCP urgent data (an FTP client's ABOR, a telnet interrupt) used to stall the splice
-/// relay for good: splice stops at the urgent mark and never passes it. Both relays now pass
-/// the in-band bytes around the mark, as a `recv` reader sees them (the urgent byte itself
-/// is out of band), whether the FIN follows at once or later, in both directions.
+/// relay: splice stops at the urgent mark and never passes it. Both relays now pass the
+/// in-band bytes around the mark, as a `recv` reader sees them (the urgent byte itself is
+/// out of band): in both directions, with the bytes sent apart or back to back, and with
+/// the sender waiting for an answer (as an FTP client after ABOR does) before its FIN.
 #[tokio::test]
 async fn urgent_data_does_not_stall_the_tunnel() {
     for mode in [RelayMode::Splice, RelayMode::Copy] {
         for upload in [true, false] {
-            for fin_at_once in [true, false] {
-                urgent_round(mode, upload, fin_at_once).await;
+            for apart in [true, false] {
+                urgent_round(mode, upload, apart).await;
             }
         }
     }
 }
 
-/// Sends `abc`, the urgent byte `!`, `def`, then EOF.
-async fn send_with_urgent_byte(s: &mut tokio::net::TcpStream, fin_at_once: bool) {
+/// Sends `abc`, the urgent byte `!` and `def`, then waits for `ok` and closes.
+async fn urgent_sender(s: &mut tokio::net::TcpStream, apart: bool) {
     use nix::sys::socket::{send, MsgFlags};
     use std::os::fd::AsRawFd;
+    let pause = || tokio::time::sleep(Duration::from_millis(if apart { 20 } else { 0 }));
     s.write_all(b"abc").await.unwrap();
-    // Apart, so the urgent mark does not fall inside one segment with the rest.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    pause().await;
     assert_eq!(send(s.as_raw_fd(), b"!", MsgFlags::MSG_OOB).unwrap(), 1);
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    pause().await;
     s.write_all(b"def").await.unwrap();
-    if !fin_at_once {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut answer = [0u8; 2];
+    with_deadline(s.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(&answer, b"ok");
     s.shutdown().await.unwrap();
 }
 
-async fn urgent_round(mode: RelayMode, upload: bool, fin_at_once: bool) {
-    let case = format!("{mode:?}, upload {upload}, FIN at once {fin_at_once}");
+/// Reads the six in-band bytes, answers `ok`, and returns the bytes with whatever came
+/// after them until EOF; then closes its side too.
+async fn urgent_receiver(s: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut got = vec![0u8; 6];
+    with_deadline(s.read_exact(&mut got)).await.unwrap();
+    s.write_all(b"ok").await.unwrap();
+    with_deadline(s.read_to_end(&mut got)).await.unwrap();
+    s.shutdown().await.unwrap();
+    got
+}
+
+async fn urgent_round(mode: RelayMode, upload: bool, apart: bool) {
+    let case = format!("{mode:?}, upload {upload}, apart {apart}");
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target_addr = target.local_addr().unwrap();
     let target_side = tokio::spawn(async move {
         let (mut s, _) = target.accept().await.unwrap();
-        let mut got = Vec::new();
         if upload {
-            s.read_to_end(&mut got).await.unwrap();
+            urgent_receiver(&mut s).await
         } else {
-            send_with_urgent_byte(&mut s, fin_at_once).await;
+            urgent_sender(&mut s, apart).await;
+            Vec::new()
         }
-        got
     });
     let mut config = test_config();
     config.relay_mode = mode;
@@ -214,22 +225,22 @@ async fn urgent_round(mode: RelayMode, upload: bool, fin_at_once: bool) {
     c.send(&request(Command::CONNECT, &target_addr.to_string()))
         .await;
     assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
-    let mut got = Vec::new();
-    if upload {
-        send_with_urgent_byte(&mut c.stream, fin_at_once).await;
-        got = with_deadline(target_side).await.unwrap();
+    let got = if upload {
+        urgent_sender(&mut c.stream, apart).await;
+        with_deadline(target_side).await.unwrap()
     } else {
-        c.stream.shutdown().await.unwrap();
-        with_deadline(c.stream.read_to_end(&mut got)).await.unwrap();
-    }
+        let got = urgent_receiver(&mut c.stream).await;
+        with_deadline(target_side).await.unwrap();
+        got
+    };
     assert_eq!(got, b"abcdef", "{case}");
     let line = server.wait_for_log("\"end\":\"closed\"").await;
-    let counted = if upload {
-        "\"bytes_up\":6"
-    } else {
-        "\"bytes_down\":6"
-    };
-    assert!(line.contains(counted), "{case}: {line}");
+    let (up, down) = if upload { (6, 2) } else { (2, 6) };
+    assert!(
+        line.contains(&format!("\"bytes_up\":{up},"))
+            && line.contains(&format!("\"bytes_down\":{down},")),
+        "{case}: {line}"
+    );
 }
 
 #[tokio::test]
