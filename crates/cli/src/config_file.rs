@@ -232,7 +232,8 @@ pub(crate) struct Overrides {
     /// UDP associations at once [default: 1024].
     #[arg(long, value_name = "N")]
     pub(crate) max_udp_associations: Option<usize>,
-    /// How tunnels move bytes: splice (zero-copy, Linux) or copy (portable) [default: splice].
+    /// How tunnels move bytes: splice (zero-copy for bulk data, Linux) or copy (portable)
+    /// [default: splice].
     #[arg(long, value_name = "splice|copy")]
     pub(crate) relay: Option<RelayMode>,
     /// TCP congestion control for tunnel sockets whose peer is on this machine (loopback),

@@ -93,7 +93,7 @@ pub struct Config {
     pub allow_open_proxy: bool,
     /// Where the per-session access log goes.
     pub access_log: AccessLog,
-    /// How tunnels move bytes. Default: `splice` (zero-copy) on Linux.
+    /// How tunnels move bytes. Default: `splice` (zero-copy for bulk data) on Linux.
     pub relay_mode: RelayMode,
     /// TCP congestion control for tunnel sockets whose peer is on this machine
     /// (loopback); `None` keeps the system default. Default: `cubic`, because a pacing

@@ -3,8 +3,10 @@
 //!
 //! Two engines move the bytes:
 //! - [`RelayMode::Splice`] (Linux): `splice(2)` from the socket into a pipe and from the pipe
-//!   into the other socket, so payload never enters user space. Pipes come from a shared
-//!   [`PipePool`] and are held only while a chunk is in flight.
+//!   into the other socket, so bulk data never enters user space; the first read after a
+//!   wake-up, and whatever splice cannot read, go through a 4 KiB buffer on the stack (see
+//!   `splice::pump`). Pipes come from a shared [`PipePool`] and are held only while a
+//!   chunk is in flight.
 //! - [`RelayMode::Copy`]: the portable read/write loop. Its buffer is allocated when data
 //!   is waiting and freed when the socket runs dry.
 //!
@@ -28,7 +30,8 @@ const COPY_BUFFER: usize = 64 * 1024;
 /// How the relay moves bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RelayMode {
-    /// Zero-copy `splice(2)` through a pipe (Linux); elsewhere the same as `Copy`.
+    /// Zero-copy `splice(2)` through a pipe for bulk data (Linux); elsewhere the same as
+    /// `Copy`.
     #[default]
     Splice,
     /// A read/write loop through a user-space buffer.
@@ -143,6 +146,9 @@ async fn pump_copy(
     // Polls without sleeping only for `busy_poll` after bytes last moved.
     let mut spin = Spin::new(busy_poll);
     loop {
+        // Readiness futures take nothing from tokio's task budget: without this, a tunnel
+        // that always has data would never let the other tasks on its worker run.
+        tokio::task::consume_budget().await;
         until_ready(spin.remaining(), || src.readable()).await?;
         let mut buf = Vec::new();
         loop {
@@ -317,6 +323,8 @@ mod splice {
         let mut spin = Spin::new(busy_poll);
         let mut bulk = false;
         loop {
+            // See `pump_copy`: lets the worker's other tasks run.
+            tokio::task::consume_budget().await;
             until_ready(spin.remaining(), || src.readable()).await?;
             if bulk {
                 match splice_chunk(src, dst, pool).await? {
@@ -328,13 +336,15 @@ mod splice {
                 }
             }
             match recv_and_send(src, dst)? {
-                Received::Sent { n, filled } => {
-                    count(n, moved, activity, &mut spin);
-                    bulk = filled;
-                }
-                Received::Unsent(rest, n) => {
-                    super::write_all(dst, &rest).await?;
-                    count(n, moved, activity, &mut spin);
+                Received::Read { n, sent, rest } => {
+                    if sent > 0 {
+                        count(sent, moved, activity, &mut spin);
+                    }
+                    if !rest.is_empty() {
+                        super::write_all(dst, &rest).await?;
+                        count(rest.len(), moved, activity, &mut spin);
+                    }
+                    bulk = n == RECV_BUFFER;
                 }
                 Received::Eof => return end_of_stream(dst, ended),
                 // The read cleared the socket's readiness: the next turn waits.
@@ -365,6 +375,12 @@ mod splice {
                 return Ok(None);
             }
             Ok(n) => n,
+            // From tokio itself, without calling splice, when it holds no readiness (a
+            // wake-up may come with none): the `recv` that follows says the same and waits.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                pool.put(pipe);
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         let total = pending;
@@ -391,10 +407,13 @@ mod splice {
 
     /// What one `recv` found.
     enum Received {
-        /// `n` bytes read and sent on; `filled`: they filled the buffer, more is likely.
-        Sent { n: usize, filled: bool },
-        /// `n` bytes read, of which `dst` did not take these yet.
-        Unsent(Vec<u8>, usize),
+        /// `n` bytes read, of which `sent` went on at once and `rest` waits for `dst`
+        /// (empty, and not allocated, when `dst` took them all).
+        Read {
+            n: usize,
+            sent: usize,
+            rest: Vec<u8>,
+        },
         /// The peer's FIN.
         Eof,
         /// Nothing to read.
@@ -417,13 +436,10 @@ mod splice {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e),
         };
-        Ok(if sent == n {
-            Received::Sent {
-                n,
-                filled: n == RECV_BUFFER,
-            }
-        } else {
-            Received::Unsent(buf[sent..n].to_vec(), n)
+        Ok(Received::Read {
+            n,
+            sent,
+            rest: buf[sent..n].to_vec(),
         })
     }
 }

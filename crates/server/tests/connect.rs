@@ -163,39 +163,53 @@ async fn half_close_round(mode: RelayMode, busy_poll: Duration) {
 /// TCP urgent data (an FTP client's ABOR, a telnet interrupt) used to stall the splice
 /// relay: splice stops at the urgent mark and never passes it. Both relays now pass the
 /// in-band bytes around the mark, as a `recv` reader sees them (the urgent byte itself is
-/// out of band): in both directions, with the bytes sent apart or back to back, and with
-/// the sender waiting for an answer (as an FTP client after ABOR does) before its FIN.
+/// out of band): in both directions; after a few bytes (read with `recv`) and after 100 KB
+/// (enough for the splice relay to be splicing when it reaches the mark); with the bytes
+/// sent apart or back to back; and with the sender waiting for an answer (as an FTP client
+/// after ABOR does) before its FIN.
 #[tokio::test]
 async fn urgent_data_does_not_stall_the_tunnel() {
     for mode in [RelayMode::Splice, RelayMode::Copy] {
         for upload in [true, false] {
-            for apart in [true, false] {
-                urgent_round(mode, upload, apart).await;
+            for before in [3, 100_000] {
+                for apart in [true, false] {
+                    urgent_round(mode, upload, before, apart).await;
+                }
             }
         }
     }
 }
 
-/// Sends `abc`, the urgent byte `!` and `def`, then waits for `ok` and closes.
-async fn urgent_sender(s: &mut tokio::net::TcpStream, apart: bool) {
+/// `before` bytes, then the urgent byte `!`, then `def`.
+fn urgent_payload(before: usize) -> Vec<u8> {
+    (0..before).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// Sends the payload's in-band bytes with the urgent byte between them.
+async fn send_urgent_payload(s: &mut tokio::net::TcpStream, before: usize, apart: bool) {
     use nix::sys::socket::{send, MsgFlags};
     use std::os::fd::AsRawFd;
     let pause = || tokio::time::sleep(Duration::from_millis(if apart { 20 } else { 0 }));
-    s.write_all(b"abc").await.unwrap();
+    s.write_all(&urgent_payload(before)).await.unwrap();
     pause().await;
     assert_eq!(send(s.as_raw_fd(), b"!", MsgFlags::MSG_OOB).unwrap(), 1);
     pause().await;
     s.write_all(b"def").await.unwrap();
+}
+
+/// Sends the payload, waits for `ok`, and closes.
+async fn urgent_sender(s: &mut tokio::net::TcpStream, before: usize, apart: bool) {
+    send_urgent_payload(s, before, apart).await;
     let mut answer = [0u8; 2];
     with_deadline(s.read_exact(&mut answer)).await.unwrap();
     assert_eq!(&answer, b"ok");
     s.shutdown().await.unwrap();
 }
 
-/// Reads the six in-band bytes, answers `ok`, and returns the bytes with whatever came
+/// Reads the payload's in-band bytes, answers `ok`, and returns them with whatever came
 /// after them until EOF; then closes its side too.
-async fn urgent_receiver(s: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut got = vec![0u8; 6];
+async fn urgent_receiver(s: &mut tokio::net::TcpStream, before: usize) -> Vec<u8> {
+    let mut got = vec![0u8; before + 3];
     with_deadline(s.read_exact(&mut got)).await.unwrap();
     s.write_all(b"ok").await.unwrap();
     with_deadline(s.read_to_end(&mut got)).await.unwrap();
@@ -203,16 +217,22 @@ async fn urgent_receiver(s: &mut tokio::net::TcpStream) -> Vec<u8> {
     got
 }
 
-async fn urgent_round(mode: RelayMode, upload: bool, apart: bool) {
-    let case = format!("{mode:?}, upload {upload}, apart {apart}");
+fn assert_urgent_result(got: &[u8], before: usize, case: &str) {
+    let mut want = urgent_payload(before);
+    want.extend_from_slice(b"def");
+    assert!(got == want, "{case}: {} bytes arrived", got.len());
+}
+
+async fn urgent_round(mode: RelayMode, upload: bool, before: usize, apart: bool) {
+    let case = format!("{mode:?}, upload {upload}, {before} bytes before, apart {apart}");
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target_addr = target.local_addr().unwrap();
     let target_side = tokio::spawn(async move {
         let (mut s, _) = target.accept().await.unwrap();
         if upload {
-            urgent_receiver(&mut s).await
+            urgent_receiver(&mut s, before).await
         } else {
-            urgent_sender(&mut s, apart).await;
+            urgent_sender(&mut s, before, apart).await;
             Vec::new()
         }
     });
@@ -226,21 +246,55 @@ async fn urgent_round(mode: RelayMode, upload: bool, apart: bool) {
         .await;
     assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
     let got = if upload {
-        urgent_sender(&mut c.stream, apart).await;
+        urgent_sender(&mut c.stream, before, apart).await;
         with_deadline(target_side).await.unwrap()
     } else {
-        let got = urgent_receiver(&mut c.stream).await;
+        let got = urgent_receiver(&mut c.stream, before).await;
         with_deadline(target_side).await.unwrap();
         got
     };
-    assert_eq!(got, b"abcdef", "{case}");
+    assert_urgent_result(&got, before, &case);
     let line = server.wait_for_log("\"end\":\"closed\"").await;
-    let (up, down) = if upload { (6, 2) } else { (2, 6) };
+    let (up, down) = if upload {
+        (before + 3, 2)
+    } else {
+        (2, before + 3)
+    };
     assert!(
         line.contains(&format!("\"bytes_up\":{up},"))
             && line.contains(&format!("\"bytes_down\":{down},")),
         "{case}: {line}"
     );
+}
+
+/// The whole payload, urgent byte included, is already waiting in the server's socket,
+/// sent right behind the CONNECT request, when the relay starts: no later readiness event
+/// can come to rescue a relay that stopped at the mark.
+#[tokio::test]
+async fn urgent_data_already_waiting_when_the_relay_starts() {
+    for mode in [RelayMode::Splice, RelayMode::Copy] {
+        let before = 20_000;
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        let target_side = tokio::spawn(async move {
+            let (mut s, _) = target.accept().await.unwrap();
+            urgent_receiver(&mut s, before).await
+        });
+        let mut config = test_config();
+        config.relay_mode = mode;
+        config.busy_poll = BusyPoll::Window(Duration::ZERO);
+        let server = spawn_server(config).await;
+        let mut c = RawClient::connect(server.addr).await;
+        c.greet_no_auth().await;
+        c.send(&request(Command::CONNECT, &target_addr.to_string()))
+            .await;
+        send_urgent_payload(&mut c.stream, before, false).await;
+        assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+        assert_eq!(c.recv_exact(2).await, b"ok", "{mode:?}");
+        c.stream.shutdown().await.unwrap();
+        let got = with_deadline(target_side).await.unwrap();
+        assert_urgent_result(&got, before, &format!("{mode:?}"));
+    }
 }
 
 #[tokio::test]

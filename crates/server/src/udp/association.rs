@@ -394,6 +394,9 @@ impl Association {
         tokio::pin!(stopped);
         let mut spin = Spin::new(self.shared.busy_poll);
         state.stats.end = loop {
+            // Neither readiness nor `select!` takes from tokio's task budget: without this, an
+            // association that always has datagrams would keep its worker to itself.
+            tokio::task::consume_budget().await;
             let held = up.slots.is_some() || down.slots.is_some();
             let spinning = spin.active();
             tokio::select! {
