@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => cmd::serve::run(*args).await,
             Command::Connect(args) => cmd::connect::run(*args).await,
@@ -44,5 +44,10 @@ fn main() -> ExitCode {
             Command::CheckConfig { file } => cmd::check_config::run(&file),
             Command::Bench(args) => cmd::bench::run(*args).await,
         }
-    })
+    });
+    // Everything the command needed has been awaited. A blocking task still running (a
+    // name lookup, an access-log reopen waiting for a stalled destination) must not keep
+    // the process from exiting, which dropping the runtime would: it waits for them all.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

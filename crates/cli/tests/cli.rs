@@ -301,6 +301,15 @@ fn sighup_reopens_the_access_log_file() {
         s.read_to_end(&mut Vec::new()).unwrap();
     };
     session(&served);
+    // The line is written after the client saw the close, within the writer's interval.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log).unwrap().lines().count() < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the first session was never logged"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::fs::rename(&log, &rotated).unwrap();
     send_signal(&served, "-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -321,6 +330,56 @@ fn sighup_reopens_the_access_log_file() {
     assert_eq!(old.lines().count(), 1, "{old}");
     assert_eq!(new.lines().count(), 1, "{new}");
     assert!(new.contains("cmd=CONNECT"), "{new}");
+}
+
+/// SIGHUP's reopen writes what is pending first, so with a destination that takes nothing
+/// (here a FIFO whose reader never reads) it waits; that wait must stall no session.
+#[test]
+fn sighup_with_a_stalled_access_log_stalls_no_session() {
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in target.incoming() {
+            drop(s);
+        }
+    });
+    let fifo = temp_file("stalled-access.fifo", "");
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Opens the FIFO (so the server's open does not block) and never reads it.
+    let reader_path = fifo.clone();
+    let (opened, reader) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(reader_path).unwrap();
+        opened.send(file).unwrap();
+    });
+    // One worker thread (one CPU): a reopen blocking it would stall everything.
+    let mut served = serve(
+        "taskset -pc 0 $$ >/dev/null;",
+        &format!("--listen 127.0.0.1:0 --access-log {}", fifo.display()),
+    );
+    let _reader = reader.recv_timeout(Duration::from_secs(10)).unwrap();
+    let sessions = |served: &Served, count: usize| {
+        for i in 0..count {
+            let (mut s, head) = socks_connect(served.addr, target_addr)
+                .unwrap_or_else(|e| panic!("session {i}: {e}"));
+            assert_eq!(&head[..4], &[5, 0, 5, 0], "session {i}");
+            s.read_to_end(&mut Vec::new())
+                .unwrap_or_else(|e| panic!("session {i} not closed: {e}"));
+        }
+    };
+    // Several times what the FIFO holds, so the writer thread is stuck in `write`.
+    sessions(&served, 2000);
+    std::thread::sleep(Duration::from_millis(300));
+    send_signal(&served, "-HUP");
+    std::thread::sleep(Duration::from_millis(100));
+    sessions(&served, 200);
+    send_signal(&served, "-TERM");
+    assert_eq!(exit_code_within_10s(&mut served), Some(0));
 }
 
 #[test]

@@ -437,10 +437,23 @@ impl AccessLog {
         }
     }
 
+    /// Lines dropped (the buffer was full) and not yet reported: the writer thread reports
+    /// them once its destination takes lines again.
+    pub fn dropped(&self) -> u64 {
+        match self {
+            AccessLog::Off => 0,
+            AccessLog::Text(sink) | AccessLog::Json(sink) => lock(&sink.shared().pending).dropped,
+        }
+    }
+
     /// Writes every pending line, waiting at most `limit` for a log destination that does
     /// not take them (a pipe nobody reads), so that exiting does not hang on it. Returns
-    /// whether everything was written in time.
+    /// whether everything was written in time. (If no thread can be started for the wait,
+    /// it writes without a limit.)
     pub fn flush_within(&self, limit: Duration) -> bool {
+        if let AccessLog::Off = self {
+            return true;
+        }
         let log = self.clone();
         let (done, flushed) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new()

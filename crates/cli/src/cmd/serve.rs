@@ -52,6 +52,7 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
     // are written here, before the process exits and cuts that thread off.
     if !access_log.flush_within(ACCESS_LOG_EXIT_WAIT) {
         tracing::warn!(
+            dropped_earlier = access_log.dropped(),
             "access log: its destination took no lines for {ACCESS_LOG_EXIT_WAIT:?}; exiting without the last ones"
         );
     }
@@ -68,12 +69,21 @@ async fn reload_on_sighup(
     args: ServeArgs,
 ) {
     while hup.recv().await.is_some() {
-        match access_log.reopen() {
-            Ok(Some(path)) => tracing::info!("SIGHUP: reopened access log {}", path.display()),
-            Ok(None) => {}
-            Err(e) => tracing::error!(
+        // Off the workers: the reopen first writes what is pending and may wait for a
+        // destination that takes nothing (a FIFO without a reader, a hung mount).
+        let log = access_log.clone();
+        let reopened = tokio::task::spawn_blocking(move || {
+            log.reopen()
+                .map(|path| path.map(|p| p.display().to_string()))
+        })
+        .await;
+        match reopened {
+            Ok(Ok(Some(path))) => tracing::info!("SIGHUP: reopened access log {path}"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(
                 "SIGHUP: access log not reopened, still writing to the old file: {e}"
             ),
+            Err(e) => tracing::error!("SIGHUP: access log not reopened: {e}"),
         }
         match config_file::load(args.config.as_deref(), &args.overrides) {
             Ok((config, _)) => {
