@@ -23,6 +23,20 @@ struct Served {
     stderr: std::sync::mpsc::Receiver<String>,
 }
 
+impl Served {
+    /// All the server wrote to stdout (the access log), once it has exited.
+    fn stdout_to_end(&mut self) -> String {
+        let mut stdout = String::new();
+        self.child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        stdout
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -225,25 +239,16 @@ fn serve_relays_and_exits_0_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-    let mut stdout = String::new();
-    served
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
+    let stdout = served.stdout_to_end();
     let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(line["command"], "CONNECT");
     assert_eq!(line["rep"], 0);
     assert_eq!(line["bytes_up"], 5);
 }
 
-/// A reader that stops reading the access log (here: nobody reads the stdout pipe, which
-/// holds 64 KiB) stalls neither the sessions nor the exit. The log used to be written by
-/// the worker threads themselves, so the first full pipe froze every tunnel.
-#[test]
-fn a_stalled_access_log_reader_stalls_neither_sessions_nor_exit() {
+/// A target that closes every connection at once: each session through it is one
+/// access-log line and nothing else.
+fn closing_target() -> SocketAddr {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let target_addr = target.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -251,29 +256,35 @@ fn a_stalled_access_log_reader_stalls_neither_sessions_nor_exit() {
             drop(s);
         }
     });
-    let mut served = serve("", "--listen 127.0.0.1:0");
-    // ~200 bytes per line: 2000 sessions write several times what the pipe holds.
-    for i in 0..2000 {
+    target_addr
+}
+
+/// Runs `count` sessions through the server to `target`, each to its close.
+fn sessions(served: &Served, target: SocketAddr, count: usize) {
+    for i in 0..count {
         let (mut s, head) =
-            socks_connect(served.addr, target_addr).unwrap_or_else(|e| panic!("session {i}: {e}"));
+            socks_connect(served.addr, target).unwrap_or_else(|e| panic!("session {i}: {e}"));
         assert_eq!(&head[..4], &[5, 0, 5, 0], "session {i}");
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest)
+        s.read_to_end(&mut Vec::new())
             .unwrap_or_else(|e| panic!("session {i} not closed: {e}"));
     }
+}
+
+/// A reader that stops reading the access log (here: nobody reads the stdout pipe, which
+/// holds 64 KiB) stalls neither the sessions nor the exit. The log used to be written by
+/// the worker threads themselves, so the first full pipe froze every tunnel.
+#[test]
+fn a_stalled_access_log_reader_stalls_neither_sessions_nor_exit() {
+    let target = closing_target();
+    let mut served = serve("", "--listen 127.0.0.1:0");
+    // ~200 bytes per line: 2000 sessions write several times what the pipe holds.
+    sessions(&served, target, 2000);
     send_signal(&served, "-TERM");
     assert_eq!(exit_code_within_10s(&mut served), Some(0));
     let warned = std::iter::from_fn(|| served.stderr.recv_timeout(Duration::from_secs(10)).ok())
         .any(|l| l.contains("took no lines"));
     assert!(warned, "the lost lines were not reported");
-    let mut stdout = String::new();
-    served
-        .child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
+    let stdout = served.stdout_to_end();
     let first = stdout.lines().next().expect("some lines reached the pipe");
     assert!(first.contains("cmd=CONNECT"), "{first}");
 }
@@ -282,25 +293,14 @@ fn a_stalled_access_log_reader_stalls_neither_sessions_nor_exit() {
 /// of the same name; the lines of earlier sessions stay in the moved file.
 #[test]
 fn sighup_reopens_the_access_log_file() {
-    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let target_addr = target.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in target.incoming() {
-            drop(s);
-        }
-    });
+    let target = closing_target();
     let log = temp_file("rotate-access.log", "");
     let rotated = log.with_extension("log.1");
     let mut served = serve(
         "",
         &format!("--listen 127.0.0.1:0 --access-log {}", log.display()),
     );
-    let session = |served: &Served| {
-        let (mut s, head) = socks_connect(served.addr, target_addr).unwrap();
-        assert_eq!(&head[..4], &[5, 0, 5, 0]);
-        s.read_to_end(&mut Vec::new()).unwrap();
-    };
-    session(&served);
+    sessions(&served, target, 1);
     // The line is written after the client saw the close, within the writer's interval.
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(&log).unwrap().lines().count() < 1 {
@@ -322,7 +322,7 @@ fn sighup_reopens_the_access_log_file() {
             break;
         }
     }
-    session(&served);
+    sessions(&served, target, 1);
     send_signal(&served, "-TERM");
     assert_eq!(exit_code_within_10s(&mut served), Some(0));
     let old = std::fs::read_to_string(&rotated).unwrap();
@@ -336,13 +336,7 @@ fn sighup_reopens_the_access_log_file() {
 /// (here a FIFO whose reader never reads) it waits; that wait must stall no session.
 #[test]
 fn sighup_with_a_stalled_access_log_stalls_no_session() {
-    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let target_addr = target.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in target.incoming() {
-            drop(s);
-        }
-    });
+    let target = closing_target();
     let fifo = temp_file("stalled-access.fifo", "");
     std::fs::remove_file(&fifo).unwrap();
     assert!(Command::new("mkfifo")
@@ -363,21 +357,12 @@ fn sighup_with_a_stalled_access_log_stalls_no_session() {
         &format!("--listen 127.0.0.1:0 --access-log {}", fifo.display()),
     );
     let _reader = reader.recv_timeout(Duration::from_secs(10)).unwrap();
-    let sessions = |served: &Served, count: usize| {
-        for i in 0..count {
-            let (mut s, head) = socks_connect(served.addr, target_addr)
-                .unwrap_or_else(|e| panic!("session {i}: {e}"));
-            assert_eq!(&head[..4], &[5, 0, 5, 0], "session {i}");
-            s.read_to_end(&mut Vec::new())
-                .unwrap_or_else(|e| panic!("session {i} not closed: {e}"));
-        }
-    };
     // Several times what the FIFO holds, so the writer thread is stuck in `write`.
-    sessions(&served, 2000);
+    sessions(&served, target, 2000);
     std::thread::sleep(Duration::from_millis(300));
     send_signal(&served, "-HUP");
     std::thread::sleep(Duration::from_millis(100));
-    sessions(&served, 200);
+    sessions(&served, target, 200);
     send_signal(&served, "-TERM");
     assert_eq!(exit_code_within_10s(&mut served), Some(0));
 }

@@ -498,6 +498,15 @@ mod tests {
         }
     }
 
+    /// Waits for `done`; the 10 s limit is a liveness guard, not a timing assertion.
+    fn wait_until(done: impl Fn() -> bool, never: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{never}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn line_count(bytes: &Mutex<Vec<u8>>) -> usize {
         lock(bytes).iter().filter(|&&b| b == b'\n').count()
     }
@@ -507,15 +516,8 @@ mod tests {
         let (sink, log) = Sink::memory();
         sink.write_line("one");
         sink.write_line("two");
-        // Liveness guard only: the thread writes within FLUSH_INTERVAL on any sane machine.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while line_count(&log.bytes) < 2 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "lines were never written"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // The thread writes within FLUSH_INTERVAL on any sane machine.
+        wait_until(|| line_count(&log.bytes) >= 2, "lines were never written");
         assert_eq!(*lock(&log.bytes), b"one\ntwo\n");
     }
 
@@ -528,14 +530,10 @@ mod tests {
         copy.write_line("last");
         drop(copy);
         // The thread holds the other reference to the shared state until it ends.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while Arc::strong_count(&log.shared) > 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the thread never ended"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until(
+            || Arc::strong_count(&log.shared) == 1,
+            "the thread never ended",
+        );
         assert_eq!(*lock(&log.bytes), b"kept\nlast\n");
     }
 

@@ -223,6 +223,23 @@ fn assert_urgent_result(got: &[u8], before: usize, case: &str) {
     assert!(got == want, "{case}: {} bytes arrived", got.len());
 }
 
+/// A server relaying in `mode` (busy-polling off) and a client that has sent its CONNECT
+/// request to `target` and not yet read the reply.
+async fn urgent_tunnel_request(
+    mode: RelayMode,
+    target: std::net::SocketAddr,
+) -> (ferrosocks_testkit::TestServer, RawClient) {
+    let mut config = test_config();
+    config.relay_mode = mode;
+    config.busy_poll = BusyPoll::Window(Duration::ZERO);
+    let server = spawn_server(config).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::CONNECT, &target.to_string()))
+        .await;
+    (server, c)
+}
+
 async fn urgent_round(mode: RelayMode, upload: bool, before: usize, apart: bool) {
     let case = format!("{mode:?}, upload {upload}, {before} bytes before, apart {apart}");
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -236,14 +253,7 @@ async fn urgent_round(mode: RelayMode, upload: bool, before: usize, apart: bool)
             Vec::new()
         }
     });
-    let mut config = test_config();
-    config.relay_mode = mode;
-    config.busy_poll = BusyPoll::Window(Duration::ZERO);
-    let server = spawn_server(config).await;
-    let mut c = RawClient::connect(server.addr).await;
-    c.greet_no_auth().await;
-    c.send(&request(Command::CONNECT, &target_addr.to_string()))
-        .await;
+    let (server, mut c) = urgent_tunnel_request(mode, target_addr).await;
     assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
     let got = if upload {
         urgent_sender(&mut c.stream, before, apart).await;
@@ -280,14 +290,7 @@ async fn urgent_data_already_waiting_when_the_relay_starts() {
             let (mut s, _) = target.accept().await.unwrap();
             urgent_receiver(&mut s, before).await
         });
-        let mut config = test_config();
-        config.relay_mode = mode;
-        config.busy_poll = BusyPoll::Window(Duration::ZERO);
-        let server = spawn_server(config).await;
-        let mut c = RawClient::connect(server.addr).await;
-        c.greet_no_auth().await;
-        c.send(&request(Command::CONNECT, &target_addr.to_string()))
-            .await;
+        let (_server, mut c) = urgent_tunnel_request(mode, target_addr).await;
         send_urgent_payload(&mut c.stream, before, false).await;
         assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
         assert_eq!(c.recv_exact(2).await, b"ok", "{mode:?}");
