@@ -334,10 +334,22 @@ fn plain_error(message: impl Into<String>) -> ConfigFileError {
     }
 }
 
+/// Whether loading a configuration opens its access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AccessLogOpen {
+    /// Open it (creating the file if need be) and start its writer: the server at start;
+    /// `check-config`, which so checks that it can be opened.
+    Yes,
+    /// Leave it: a reload keeps the running one. Opening would create the file, start a
+    /// writer thread for nothing, and block on a FIFO that has no reader.
+    No,
+}
+
 /// Reads the file (if any), applies the overrides, and validates the result.
 pub(crate) fn load(
     path: Option<&Path>,
     cli: &Overrides,
+    access_log: AccessLogOpen,
 ) -> Result<(Config, LogSettings), ConfigFileError> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p)
@@ -354,13 +366,14 @@ pub(crate) fn load(
         }
         None => RawConfig::default(),
     };
-    build(raw, source.as_ref(), cli)
+    build(raw, source.as_ref(), cli, access_log)
 }
 
 fn build(
     raw: RawConfig,
     src: Option<&Source<'_>>,
     cli: &Overrides,
+    open_access_log: AccessLogOpen,
 ) -> Result<(Config, LogSettings), ConfigFileError> {
     let at = |span: Option<Range<usize>>, msg: String| match src {
         Some(src) => src.error(span, msg),
@@ -449,6 +462,7 @@ fn build(
         .or(lg.access)
         .unwrap_or_else(|| "stdout".into());
     let sink = match access_target.as_str() {
+        _ if open_access_log == AccessLogOpen::No => None,
         "off" | "none" => None,
         "stdout" | "-" => Some(Sink::stdout()),
         path => Some(
@@ -563,7 +577,7 @@ mod tests {
         let path = Path::new("test.toml");
         let src = Source { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.error(e.span(), e.message()))?;
-        build(raw, Some(&src), &Overrides::default()).map(|(c, _)| c)
+        build(raw, Some(&src), &Overrides::default(), AccessLogOpen::Yes).map(|(c, _)| c)
     }
 
     #[test]

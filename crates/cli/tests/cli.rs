@@ -367,6 +367,35 @@ fn sighup_with_a_stalled_access_log_stalls_no_session() {
     assert_eq!(exit_code_within_10s(&mut served), Some(0));
 }
 
+/// Opening a FIFO for writing waits for a reader. With the access log's reader gone, SIGHUP
+/// (which reopens the log and reloads the configuration) must not wait for one on a
+/// worker thread.
+#[test]
+fn sighup_with_an_access_log_fifo_nobody_reads_stalls_no_session() {
+    let target = closing_target();
+    let fifo = temp_file("readerless-access.fifo", "");
+    std::fs::remove_file(&fifo).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    // Lets the server open the FIFO, then goes away.
+    let reader_path = fifo.clone();
+    let reader = std::thread::spawn(move || drop(std::fs::File::open(reader_path).unwrap()));
+    // One worker thread (one CPU): anything blocking it would stall everything.
+    let mut served = serve(
+        "taskset -pc 0 $$ >/dev/null;",
+        &format!("--listen 127.0.0.1:0 --access-log {}", fifo.display()),
+    );
+    reader.join().unwrap();
+    send_signal(&served, "-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    sessions(&served, target, 50);
+    send_signal(&served, "-TERM");
+    assert_eq!(exit_code_within_10s(&mut served), Some(0));
+}
+
 #[test]
 fn accept_loop_survives_running_out_of_file_descriptors() {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -3,10 +3,10 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config_file::{self, Overrides};
+use crate::config_file::{self, AccessLogOpen, Overrides};
 
 pub(crate) fn run(file: &Path) -> ExitCode {
-    match config_file::load(Some(file), &Overrides::default()) {
+    match config_file::load(Some(file), &Overrides::default(), AccessLogOpen::Yes) {
         Ok((config, _)) => {
             println!(
                 "{}: OK ({} listen address(es), {} user(s), {} rule(s))",

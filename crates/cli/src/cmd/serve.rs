@@ -2,26 +2,29 @@
 //! reload on SIGHUP.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferrosocks_server::{AccessLog, Server, ServerHandle};
 use tokio::signal::unix::{Signal, SignalKind};
 
 use crate::args::ServeArgs;
-use crate::config_file;
+use crate::config_file::{self, AccessLogOpen};
 use crate::{logging, signals};
 
 /// How long exiting waits for the access log's last lines to be written.
 const ACCESS_LOG_EXIT_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(args: ServeArgs) -> ExitCode {
-    let (config, log) = match config_file::load(args.config.as_deref(), &args.overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferrosocks: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (config, log) =
+        match config_file::load(args.config.as_deref(), &args.overrides, AccessLogOpen::Yes) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("ferrosocks: {e}");
+                return ExitCode::from(2);
+            }
+        };
     logging::init(&log);
     signals::raise_fd_limit();
     // Before the server binds and logs where it listens: a signal sent as soon as it is
@@ -60,7 +63,7 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
 }
 
 /// Re-reads the configuration on SIGHUP and swaps users, methods and rules (a bad file is
-/// reported and the running settings stay), and opens the access-log file again, for log
+/// reported and the running settings stay), then opens the access-log file again, for log
 /// rotation.
 async fn reload_on_sighup(
     mut hup: Signal,
@@ -68,33 +71,42 @@ async fn reload_on_sighup(
     access_log: AccessLog,
     args: ServeArgs,
 ) {
+    let reopening = Arc::new(AtomicBool::new(false));
     while hup.recv().await.is_some() {
-        // Off the workers: the reopen first writes what is pending and may wait for a
-        // destination that takes nothing (a FIFO without a reader, a hung mount).
-        let log = access_log.clone();
-        let reopened = tokio::task::spawn_blocking(move || {
-            log.reopen()
-                .map(|path| path.map(|p| p.display().to_string()))
-        })
-        .await;
-        match reopened {
-            Ok(Ok(Some(path))) => tracing::info!("SIGHUP: reopened access log {path}"),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::error!(
-                "SIGHUP: access log not reopened, still writing to the old file: {e}"
-            ),
-            Err(e) => tracing::error!("SIGHUP: access log not reopened: {e}"),
-        }
-        match config_file::load(args.config.as_deref(), &args.overrides) {
+        match config_file::load(args.config.as_deref(), &args.overrides, AccessLogOpen::No) {
             Ok((config, _)) => {
                 tracing::info!(
                     users = config.users.len(),
                     rules = config.rules.rules().len(),
-                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion and busy_poll need a restart)"
+                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion, busy_poll and the access log's destination need a restart)"
                 );
                 handle.reload(config.auth_methods, config.users, config.rules);
             }
             Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
         }
+        reopen_access_log(&access_log, &reopening);
     }
+}
+
+/// Reopens the access-log file on a blocking thread, not awaited: the reopen first writes
+/// what is pending and may wait as long as a destination takes nothing (a FIFO without a
+/// reader, a hung mount), which must hold up neither a worker nor the next reload. While
+/// one reopen waits, later ones are skipped rather than piled up behind it.
+fn reopen_access_log(access_log: &AccessLog, reopening: &Arc<AtomicBool>) {
+    if reopening.swap(true, Ordering::AcqRel) {
+        tracing::warn!("SIGHUP: access log not reopened: the previous reopen is still waiting for its destination");
+        return;
+    }
+    let log = access_log.clone();
+    let reopening = reopening.clone();
+    tokio::task::spawn_blocking(move || {
+        match log.reopen() {
+            Ok(Some(path)) => tracing::info!("SIGHUP: reopened access log {}", path.display()),
+            Ok(None) => {}
+            Err(e) => tracing::error!(
+                "SIGHUP: access log not reopened, still writing to the old file: {e}"
+            ),
+        }
+        reopening.store(false, Ordering::Release);
+    });
 }
