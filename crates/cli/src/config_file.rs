@@ -337,12 +337,44 @@ fn plain_error(message: impl Into<String>) -> ConfigFileError {
 /// Whether loading a configuration opens its access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AccessLogOpen {
-    /// Open it (creating the file if need be) and start its writer: the server at start;
-    /// `check-config`, which so checks that it can be opened.
+    /// Open it (creating the file if need be) and start its writer: the server at start.
     Yes,
+    /// Check without opening or creating anything (`check-config`): a file that exists
+    /// must not be a directory, a new one needs an existing directory.
+    Check,
     /// Leave it: a reload keeps the running one. Opening would create the file, start a
     /// writer thread for nothing, and block on a FIFO that has no reader.
     No,
+}
+
+/// The access log's destination, resolved but not yet opened.
+enum AccessTarget {
+    Off,
+    Stdout,
+    File(String),
+}
+
+/// Where `check-config` can tell, without opening it, that `path` cannot be an access log.
+fn check_access_log_path(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Err(format!("access log {path} is a directory")),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            if dir.is_dir() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cannot open access log {path}: no directory {}",
+                    dir.display()
+                ))
+            }
+        }
+    }
 }
 
 /// Reads the file (if any), applies the overrides, and validates the result.
@@ -461,22 +493,13 @@ fn build(
         .clone()
         .or(lg.access)
         .unwrap_or_else(|| "stdout".into());
-    let sink = match access_target.as_str() {
-        _ if open_access_log == AccessLogOpen::No => None,
-        "off" | "none" => None,
-        "stdout" | "-" => Some(Sink::stdout()),
-        path => Some(
-            Sink::file(path)
-                .map_err(|e| plain_error(format!("cannot open access log {path}: {e}")))?,
-        ),
-    };
-    let access_log = match (sink, access_format) {
-        (None, _) => AccessLog::Off,
-        (Some(s), LogFormat::Text) => AccessLog::Text(s),
-        (Some(s), LogFormat::Json) => AccessLog::Json(s),
+    let access_target = match access_target.as_str() {
+        "off" | "none" => AccessTarget::Off,
+        "stdout" | "-" => AccessTarget::Stdout,
+        path => AccessTarget::File(path.to_owned()),
     };
 
-    let config = Config {
+    let mut config = Config {
         listen,
         external_address: cli.external_address.or(s.external_address),
         udp_port_range: cli
@@ -522,7 +545,8 @@ fn build(
                 .unwrap_or(limits.max_udp_associations),
         },
         allow_open_proxy: cli.allow_open_proxy || s.allow_open_proxy.unwrap_or(false),
-        access_log,
+        // Opened last, once everything else is valid (see below).
+        access_log: AccessLog::Off,
         relay_mode: cli.relay.or(s.relay.map(|r| r.0)).unwrap_or_default(),
         local_congestion: match cli
             .local_congestion
@@ -562,6 +586,26 @@ fn build(
         };
         at(span, e.to_string())
     })?;
+    // Last: a configuration rejected above must not leave a log file behind (or wait for a
+    // FIFO's reader before saying what is wrong).
+    let sink = match (access_target, open_access_log) {
+        (_, AccessLogOpen::No) | (AccessTarget::Off, _) => None,
+        (AccessTarget::File(path), AccessLogOpen::Check) => {
+            check_access_log_path(&path).map_err(plain_error)?;
+            None
+        }
+        (AccessTarget::Stdout, AccessLogOpen::Check) => None,
+        (AccessTarget::Stdout, AccessLogOpen::Yes) => Some(Sink::stdout()),
+        (AccessTarget::File(path), AccessLogOpen::Yes) => Some(
+            Sink::file(&path)
+                .map_err(|e| plain_error(format!("cannot open access log {path}: {e}")))?,
+        ),
+    };
+    config.access_log = match (sink, access_format) {
+        (None, _) => AccessLog::Off,
+        (Some(s), LogFormat::Text) => AccessLog::Text(s),
+        (Some(s), LogFormat::Json) => AccessLog::Json(s),
+    };
     let log = LogSettings {
         level: cli.log_level.clone().or(lg.level),
         format: cli.log_format.or(lg.format).unwrap_or_default(),
@@ -577,7 +621,7 @@ mod tests {
         let path = Path::new("test.toml");
         let src = Source { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.error(e.span(), e.message()))?;
-        build(raw, Some(&src), &Overrides::default(), AccessLogOpen::Yes).map(|(c, _)| c)
+        build(raw, Some(&src), &Overrides::default(), AccessLogOpen::No).map(|(c, _)| c)
     }
 
     #[test]

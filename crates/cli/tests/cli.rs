@@ -131,6 +131,43 @@ fn check_config_points_at_the_bad_line_and_exits_2() {
     assert!(err.contains("kerberos"), "{err}");
 }
 
+/// `check-config` checks the access log's path without opening it: it creates no file,
+/// does not wait for a FIFO's reader, and rejects a path whose directory is missing.
+#[test]
+fn check_config_checks_the_access_log_without_opening_it() {
+    let config = |access: &std::path::Path| {
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:1080\"]\n\n[log]\naccess = \"{}\"\n",
+            access.display()
+        )
+    };
+    let new_log = std::env::temp_dir()
+        .join(format!("ferrosocks-cli-{}", std::process::id()))
+        .join("never-created.log");
+    let _ = std::fs::remove_file(&new_log);
+    let out = check_config(&temp_file("new-log.toml", &config(&new_log)));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!new_log.exists(), "check-config created the access log");
+
+    let readerless = fifo("check-config.fifo");
+    let out = check_config(&temp_file("fifo-log.toml", &config(&readerless)));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    std::fs::remove_file(&readerless).unwrap();
+
+    let out = check_config(&temp_file(
+        "missing-dir.toml",
+        &config(std::path::Path::new(
+            "/nonexistent-ferrosocks-dir/access.log",
+        )),
+    ));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no directory /nonexistent-ferrosocks-dir"),
+        "{err}"
+    );
+}
+
 #[cfg(target_os = "linux")]
 #[test]
 fn check_config_warns_about_a_congestion_control_this_host_lacks() {
@@ -157,7 +194,11 @@ fn check_config_warns_about_a_congestion_control_this_host_lacks() {
 /// Waits for the child to exit (at most 10 s) and returns its exit code (`None`: killed by
 /// a signal).
 fn exit_code_within_10s(served: &mut Served) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    exit_code_within(served, Duration::from_secs(10))
+}
+
+fn exit_code_within(served: &mut Served, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = served.child.try_wait().unwrap() {
             return status.code();
@@ -312,16 +353,7 @@ fn sighup_reopens_the_access_log_file() {
     }
     std::fs::rename(&log, &rotated).unwrap();
     send_signal(&served, "-HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let line = served
-            .stderr
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the server reported the reopen");
-        if line.contains("reopened access log") {
-            break;
-        }
-    }
+    wait_for_stderr(&served, "reopened access log");
     sessions(&served, target, 1);
     send_signal(&served, "-TERM");
     assert_eq!(exit_code_within_10s(&mut served), Some(0));
@@ -332,18 +364,46 @@ fn sighup_reopens_the_access_log_file() {
     assert!(new.contains("cmd=CONNECT"), "{new}");
 }
 
-/// SIGHUP's reopen writes what is pending first, so with a destination that takes nothing
-/// (here a FIFO whose reader never reads) it waits; that wait must stall no session.
-#[test]
-fn sighup_with_a_stalled_access_log_stalls_no_session() {
-    let target = closing_target();
-    let fifo = temp_file("stalled-access.fifo", "");
-    std::fs::remove_file(&fifo).unwrap();
+/// A FIFO at a fresh path in this run's directory (a leftover from a run with the same
+/// process id is removed first: writing to it would wait for a reader forever).
+fn fifo(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir()
+        .join(format!("ferrosocks-cli-{}", std::process::id()))
+        .join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&path);
     assert!(Command::new("mkfifo")
-        .arg(&fifo)
+        .arg(&path)
         .status()
         .unwrap()
         .success());
+    path
+}
+
+/// One worker thread, whatever CPUs the machine gives: a blocked worker stalls everything.
+const ONE_WORKER: &str = "export TOKIO_WORKER_THREADS=1;";
+
+/// Waits for a stderr line containing `needle` (at most 10 s).
+fn wait_for_stderr(served: &Served, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let line = served
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("no stderr line with {needle:?}"));
+        if line.contains(needle) {
+            return;
+        }
+    }
+}
+
+/// SIGHUP's reopen writes what is pending first, so with a destination that takes nothing
+/// (here a FIFO whose reader never reads) it waits; that wait must stall neither a session
+/// nor the reload, and a second SIGHUP meanwhile is queued behind it, not piled up.
+#[test]
+fn sighup_with_a_stalled_access_log_stalls_no_session() {
+    let target = closing_target();
+    let fifo = fifo("stalled-access.fifo");
     // Opens the FIFO (so the server's open does not block) and never reads it.
     let reader_path = fifo.clone();
     let (opened, reader) = std::sync::mpsc::channel();
@@ -351,9 +411,8 @@ fn sighup_with_a_stalled_access_log_stalls_no_session() {
         let file = std::fs::File::open(reader_path).unwrap();
         opened.send(file).unwrap();
     });
-    // One worker thread (one CPU): a reopen blocking it would stall everything.
     let mut served = serve(
-        "taskset -pc 0 $$ >/dev/null;",
+        ONE_WORKER,
         &format!("--listen 127.0.0.1:0 --access-log {}", fifo.display()),
     );
     let _reader = reader.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -361,39 +420,42 @@ fn sighup_with_a_stalled_access_log_stalls_no_session() {
     sessions(&served, target, 2000);
     std::thread::sleep(Duration::from_millis(300));
     send_signal(&served, "-HUP");
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for_stderr(&served, "SIGHUP: reloaded users");
+    sessions(&served, target, 200);
+    send_signal(&served, "-HUP");
+    wait_for_stderr(&served, "reopening again after it");
     sessions(&served, target, 200);
     send_signal(&served, "-TERM");
-    assert_eq!(exit_code_within_10s(&mut served), Some(0));
+    // The exit waits 5 s for the log, then gives up.
+    assert_eq!(
+        exit_code_within(&mut served, Duration::from_secs(20)),
+        Some(0)
+    );
+    std::fs::remove_file(&fifo).unwrap();
 }
 
 /// Opening a FIFO for writing waits for a reader. With the access log's reader gone, SIGHUP
-/// (which reopens the log and reloads the configuration) must not wait for one on a
-/// worker thread.
+/// must wait for one neither on a worker (the reload) nor at all (the reopen, which fails
+/// at once and keeps the old destination).
 #[test]
 fn sighup_with_an_access_log_fifo_nobody_reads_stalls_no_session() {
     let target = closing_target();
-    let fifo = temp_file("readerless-access.fifo", "");
-    std::fs::remove_file(&fifo).unwrap();
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let fifo = fifo("readerless-access.fifo");
     // Lets the server open the FIFO, then goes away.
     let reader_path = fifo.clone();
     let reader = std::thread::spawn(move || drop(std::fs::File::open(reader_path).unwrap()));
-    // One worker thread (one CPU): anything blocking it would stall everything.
     let mut served = serve(
-        "taskset -pc 0 $$ >/dev/null;",
+        ONE_WORKER,
         &format!("--listen 127.0.0.1:0 --access-log {}", fifo.display()),
     );
     reader.join().unwrap();
     send_signal(&served, "-HUP");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_stderr(&served, "SIGHUP: reloaded users");
+    wait_for_stderr(&served, "access log not reopened");
     sessions(&served, target, 50);
     send_signal(&served, "-TERM");
     assert_eq!(exit_code_within_10s(&mut served), Some(0));
+    std::fs::remove_file(&fifo).unwrap();
 }
 
 #[test]

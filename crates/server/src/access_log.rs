@@ -164,19 +164,33 @@ impl Sink {
         self.shared().flush();
     }
 
-    /// Opens the log's file again by its name, after writing what is pending to the old
-    /// one: after a rotation moved the file away, lines go to a new file of the same
-    /// name. Returns the file's name, or `None` when the log is not a file. On error the
-    /// old file stays in use.
+    /// Opens the log's file again by its name, then writes what is pending to the old one
+    /// and switches: after a rotation moved the file away, lines go to a new file of the
+    /// same name. Returns the file's name, or `None` when the log is not a file. On error
+    /// the old file stays in use. A FIFO without a reader is an error at once (ENXIO)
+    /// rather than a wait; writing what is pending to the old destination may still wait
+    /// as long as that destination takes nothing.
     pub fn reopen(&self) -> std::io::Result<Option<&Path>> {
         let shared = self.shared();
         let Some(path) = shared.path.as_deref() else {
             return Ok(None);
         };
+        let file = open_append_nonblocking(path)?;
         let mut writer = lock(&shared.writer);
         shared.flush_locked(&mut writer);
-        writer.out = Box::new(open_append(path)?);
+        writer.out = Box::new(file);
         Ok(Some(path))
+    }
+
+    /// Nothing is pending and no write is under way (one stuck in a destination that takes
+    /// nothing holds the writer's lock).
+    fn written_out(&self) -> bool {
+        let shared = self.shared();
+        let Ok(_writer) = shared.writer.try_lock() else {
+            return false;
+        };
+        let pending = lock(&shared.pending);
+        pending.lines.is_empty() && pending.dropped == 0
     }
 
     /// Ends the writer thread's wait now instead of at its interval.
@@ -199,6 +213,21 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
         .create(true)
         .append(true)
         .open(path)
+}
+
+/// Opens like [`open_append`] without waiting for a FIFO's reader, then makes writes
+/// blocking again (the writer thread expects them to be; only its own thread waits).
+fn open_append_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(path)?;
+    let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL)?);
+    fcntl(&file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(file)
 }
 
 impl Shared {
@@ -451,7 +480,10 @@ impl AccessLog {
     /// whether everything was written in time. (If no thread can be started for the wait,
     /// it writes without a limit.)
     pub fn flush_within(&self, limit: Duration) -> bool {
-        if let AccessLog::Off = self {
+        let (AccessLog::Text(sink) | AccessLog::Json(sink)) = self else {
+            return true;
+        };
+        if sink.written_out() {
             return true;
         }
         let log = self.clone();

@@ -327,13 +327,11 @@ mod splice {
             tokio::task::consume_budget().await;
             until_ready(spin.remaining(), || src.readable()).await?;
             if bulk {
-                match splice_chunk(src, dst, pool).await? {
-                    Some(n) => {
-                        count(n, moved, activity, &mut spin);
-                        continue;
-                    }
-                    None => bulk = false,
+                if splice_chunk(src, dst, pool, moved, activity).await? {
+                    spin.moved();
+                    continue;
                 }
+                bulk = false;
             }
             match recv_and_send(src, dst)? {
                 Received::Read { n, sent, rest } => {
@@ -353,13 +351,16 @@ mod splice {
         }
     }
 
-    /// Splices what `src` holds through a pipe into `dst`. `None`: splice read nothing,
-    /// with `src`'s readiness left as it was for the `recv` that must follow.
+    /// Splices what `src` holds through a pipe into `dst`, counting what goes out.
+    /// `false`: splice read nothing, with `src`'s readiness left as it was for the `recv`
+    /// that must follow.
     async fn splice_chunk(
         src: &TcpStream,
         dst: &TcpStream,
         pool: &PipePool,
-    ) -> io::Result<Option<usize>> {
+        moved: &AtomicU64,
+        activity: &Activity,
+    ) -> io::Result<bool> {
         let pipe = pool.take()?;
         let filled = src.try_io(Interest::READABLE, || {
             match splice(src.as_fd(), None, &pipe.write, None, pipe.capacity, FLAGS) {
@@ -372,31 +373,36 @@ mod splice {
         let mut pending = match filled {
             Ok(0) => {
                 pool.put(pipe);
-                return Ok(None);
+                return Ok(false);
             }
             Ok(n) => n,
             // From tokio itself, without calling splice, when it holds no readiness (a
             // wake-up may come with none): the `recv` that follows says the same and waits.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 pool.put(pipe);
-                return Ok(None);
+                return Ok(false);
             }
             Err(e) => return Err(e),
         };
-        let total = pending;
         while pending > 0 {
             dst.writable().await?;
             match dst.try_io(Interest::WRITABLE, || {
                 splice(&pipe.read, None, dst.as_fd(), None, pending, FLAGS).map_err(io::Error::from)
             }) {
-                Ok(n) => pending -= n,
+                Ok(n) => {
+                    // Counted as it goes out, so a tunnel that fails mid-chunk still
+                    // reports what was delivered.
+                    pending -= n;
+                    moved.fetch_add(n as u64, Ordering::Relaxed);
+                    activity.touch();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The pipe still holds bytes: it is dropped (closed), not pooled.
                 Err(e) => return Err(e),
             }
         }
         pool.put(pipe);
-        Ok(Some(total))
+        Ok(true)
     }
 
     fn count(n: usize, moved: &AtomicU64, activity: &Activity, spin: &mut Spin) {

@@ -189,7 +189,13 @@ fn urgent_payload(before: usize) -> Vec<u8> {
 async fn send_urgent_payload(s: &mut tokio::net::TcpStream, before: usize, apart: bool) {
     use nix::sys::socket::{send, MsgFlags};
     use std::os::fd::AsRawFd;
-    let pause = || tokio::time::sleep(Duration::from_millis(if apart { 20 } else { 0 }));
+    // No await at all between the sends when not apart: even a zero sleep yields for a
+    // timer tick, and the bytes would no longer arrive back to back.
+    let pause = || async {
+        if apart {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
     s.write_all(&urgent_payload(before)).await.unwrap();
     pause().await;
     assert_eq!(send(s.as_raw_fd(), b"!", MsgFlags::MSG_OOB).unwrap(), 1);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use crate::config_file::{self, AccessLogOpen, Overrides};
 
 pub(crate) fn run(file: &Path) -> ExitCode {
-    match config_file::load(Some(file), &Overrides::default(), AccessLogOpen::Yes) {
+    match config_file::load(Some(file), &Overrides::default(), AccessLogOpen::Check) {
         Ok((config, _)) => {
             println!(
                 "{}: OK ({} listen address(es), {} user(s), {} rule(s))",

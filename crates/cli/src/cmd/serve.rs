@@ -2,8 +2,7 @@
 //! reload on SIGHUP.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrosocks_server::{AccessLog, Server, ServerHandle};
@@ -71,42 +70,78 @@ async fn reload_on_sighup(
     access_log: AccessLog,
     args: ServeArgs,
 ) {
-    let reopening = Arc::new(AtomicBool::new(false));
+    let reopener = Arc::new(Reopener::default());
     while hup.recv().await.is_some() {
-        match config_file::load(args.config.as_deref(), &args.overrides, AccessLogOpen::No) {
-            Ok((config, _)) => {
+        // Reads files: off the workers, like any blocking I/O.
+        let (path, overrides) = (args.config.clone(), args.overrides.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            config_file::load(path.as_deref(), &overrides, AccessLogOpen::No)
+        })
+        .await;
+        match loaded {
+            Ok(Ok((config, _))) => {
                 tracing::info!(
                     users = config.users.len(),
                     rules = config.rules.rules().len(),
-                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion, busy_poll and the access log's destination need a restart)"
+                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion, busy_poll and the access log's destination and format need a restart)"
                 );
                 handle.reload(config.auth_methods, config.users, config.rules);
             }
+            Ok(Err(e)) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
             Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
         }
-        reopen_access_log(&access_log, &reopening);
+        reopener.request(&access_log);
     }
 }
 
-/// Reopens the access-log file on a blocking thread, not awaited: the reopen first writes
-/// what is pending and may wait as long as a destination takes nothing (a FIFO without a
-/// reader, a hung mount), which must hold up neither a worker nor the next reload. While
-/// one reopen waits, later ones are skipped rather than piled up behind it.
-fn reopen_access_log(access_log: &AccessLog, reopening: &Arc<AtomicBool>) {
-    if reopening.swap(true, Ordering::AcqRel) {
-        tracing::warn!("SIGHUP: access log not reopened: the previous reopen is still waiting for its destination");
-        return;
-    }
-    let log = access_log.clone();
-    let reopening = reopening.clone();
-    tokio::task::spawn_blocking(move || {
-        match log.reopen() {
-            Ok(Some(path)) => tracing::info!("SIGHUP: reopened access log {}", path.display()),
-            Ok(None) => {}
-            Err(e) => tracing::error!(
-                "SIGHUP: access log not reopened, still writing to the old file: {e}"
-            ),
+/// Reopens the access-log file on a thread of its own, not awaited: the reopen writes
+/// what is pending to the old destination first and may wait as long as that takes
+/// nothing, which must hold up neither a worker nor the next reload. SIGHUPs that come
+/// while a reopen waits make it run once more when it is done, rather than piling up
+/// threads behind it.
+#[derive(Default)]
+struct Reopener {
+    /// (a reopen is running, another was asked for meanwhile)
+    state: Mutex<(bool, bool)>,
+}
+
+impl Reopener {
+    fn request(self: &Arc<Self>, access_log: &AccessLog) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.0 {
+                state.1 = true;
+                tracing::warn!(
+                    "SIGHUP: the previous access-log reopen is still waiting for its destination; reopening again after it"
+                );
+                return;
+            }
+            *state = (true, false);
         }
-        reopening.store(false, Ordering::Release);
-    });
+        let (this, log) = (self.clone(), access_log.clone());
+        let spawned = std::thread::Builder::new()
+            .name("access-log-reopen".into())
+            .spawn(move || this.run(&log));
+        if let Err(e) = spawned {
+            tracing::error!("SIGHUP: access log not reopened: no thread for it: {e}");
+            *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (false, false);
+        }
+    }
+
+    fn run(&self, log: &AccessLog) {
+        loop {
+            match log.reopen() {
+                Ok(Some(path)) => tracing::info!("SIGHUP: reopened access log {}", path.display()),
+                Ok(None) => {}
+                Err(e) => tracing::error!(
+                    "SIGHUP: access log not reopened, still writing to the old destination: {e}"
+                ),
+            }
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if !std::mem::take(&mut state.1) {
+                state.0 = false;
+                return;
+            }
+        }
+    }
 }
