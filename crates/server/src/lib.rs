@@ -92,6 +92,9 @@ pub(crate) struct Shared {
     pub(crate) pipes: relay::PipePool,
     /// The busy-poll window, resolved for the runtime the server was built on.
     pub(crate) busy_poll: Duration,
+    /// Cancelled when the drain time is over: tunnels and UDP associations still open end
+    /// then, each with its access-log line.
+    pub(crate) drain_over: CancellationToken,
 }
 
 impl Shared {
@@ -107,6 +110,7 @@ impl Shared {
             udp_associations: Arc::new(Semaphore::new(config.limits.max_udp_associations)),
             pipes: relay::PipePool::new(),
             busy_poll: config.busy_poll.window(),
+            drain_over: CancellationToken::new(),
             config,
         }
     }
@@ -119,6 +123,9 @@ impl Shared {
         self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
+
+/// How long sessions get, once the drain time is over, to close and log.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// A bound server, ready to [`run`](Server::run).
 pub struct Server {
@@ -217,6 +224,10 @@ impl Server {
                 remaining = sessions.len(),
                 "drain time ({drain:?}) over; closing remaining sessions"
             );
+            // Tunnels and associations end at once and log their line; what is still
+            // running after that (a handshake, a BIND wait) is dropped with the runtime.
+            self.shared.drain_over.cancel();
+            let _ = tokio::time::timeout(CLOSE_WAIT, sessions.wait()).await;
         } else {
             tracing::info!("all sessions finished");
         }

@@ -60,6 +60,8 @@ pub enum RelayEnd {
     IdleTimeout,
     /// One side failed (reset, broken pipe ...).
     Error,
+    /// The server's drain time ran out while the tunnel was open.
+    Shutdown,
 }
 
 impl RelayEnd {
@@ -69,6 +71,7 @@ impl RelayEnd {
             RelayEnd::Closed => "closed",
             RelayEnd::IdleTimeout => "idle timeout",
             RelayEnd::Error => "connection error",
+            RelayEnd::Shutdown => "server shutdown",
         }
     }
 }
@@ -171,8 +174,8 @@ async fn pump_copy(
     }
 }
 
-/// Relays between `client` and `target` until both directions are closed, one fails, or
-/// nothing moves for `idle`. After each chunk a direction polls for the next one without
+/// Relays between `client` and `target` until both directions are closed, one fails,
+/// nothing moves for `idle`, or `stop` completes. After each chunk a direction polls for the next one without
 /// sleeping for `busy_poll` (see [`crate::busy_poll`]). The first EOF is passed on with a
 /// `shutdown`; the second is not: the caller must close (drop) both sockets as soon as this
 /// returns, and that close is what tells the peer.
@@ -183,6 +186,7 @@ pub async fn relay(
     mode: RelayMode,
     busy_poll: Duration,
     pipes: &PipePool,
+    stop: impl std::future::Future<Output = ()>,
 ) -> RelayStats {
     let up = AtomicU64::new(0);
     let down = AtomicU64::new(0);
@@ -221,6 +225,7 @@ pub async fn relay(
     let end = tokio::select! {
         r = both => if r.is_ok() { RelayEnd::Closed } else { RelayEnd::Error },
         () = idle_watch => RelayEnd::IdleTimeout,
+        () = stop => RelayEnd::Shutdown,
     };
     RelayStats {
         up: up.load(Ordering::Relaxed),

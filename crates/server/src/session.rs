@@ -95,6 +95,7 @@ pub(crate) async fn run_tunnel(
         shared.config.relay_mode,
         shared.busy_poll,
         &shared.pipes,
+        shared.drain_over.cancelled(),
     )
     .await;
     record.bytes_up += stats.up;
@@ -273,6 +274,8 @@ mod tests {
             crate::tcp_tuning::Inherited::default(),
         );
         let bytes = size(&session);
-        assert!(bytes <= 2560, "session future grew to {bytes} bytes");
+        // 2624 today: 2368 before the relay's urgent-data handling (+80) and the wait for
+        // the end of the drain time, which lets open tunnels log at shutdown (+176).
+        assert!(bytes <= 2688, "session future grew to {bytes} bytes");
     }
 }

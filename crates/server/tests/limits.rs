@@ -98,6 +98,12 @@ async fn shutdown_stops_accepting_and_drains_within_its_bound() {
     c.greet_no_auth().await;
     c.send(&request(Command::CONNECT, &echo.to_string())).await;
     assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    let mut udp = RawClient::connect(addr).await;
+    udp.greet_no_auth().await;
+    udp.send(&request(Command::UDP_ASSOCIATE, "0.0.0.0:0"))
+        .await;
+    assert_eq!(udp.recv_reply().await.rep, Rep::SUCCEEDED);
+    let log = server.log.clone();
     let started = std::time::Instant::now();
     with_deadline(server.shutdown()).await;
     // The open tunnel kept the drain going until its bound, not forever.
@@ -106,4 +112,22 @@ async fn shutdown_stops_accepting_and_drains_within_its_bound() {
         TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+    // Then the tunnel and the association were closed, each with its access-log line.
+    let mut rest = Vec::new();
+    with_deadline(c.stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    with_deadline(udp.stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    let ended: Vec<String> = log
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("\"end\":\"server shutdown"))
+        .collect();
+    assert_eq!(ended.len(), 2, "{:?}", log.lines());
+    assert!(ended.iter().any(|l| l.contains("\"command\":\"CONNECT\"")));
+    assert!(ended
+        .iter()
+        .any(|l| l.contains("\"command\":\"UDP_ASSOCIATE\"")));
 }

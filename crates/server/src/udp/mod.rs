@@ -119,6 +119,7 @@ pub(crate) async fn handle(
                 Ok(0) | Err(_) => break Ok("control connection closed"),
                 Ok(_) => {}
             },
+            () = shared.drain_over.cancelled() => break Ok("server shutdown"),
             Some(finished) = running.join_next() => {
                 if let Ok(stats) = finished {
                     totals.add(&stats);
