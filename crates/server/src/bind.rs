@@ -71,6 +71,7 @@ pub(crate) async fn handle(
             }
             () = client_gone(&conn.stream) => return Err(SessionError::ClientClosed),
             () = tokio::time::sleep_until(deadline) => return Err(SessionError::Timeout(Phase::BindWait)),
+            () = shared.drain_over.cancelled() => return Err(SessionError::Shutdown),
         }
     };
     drop(listener);

@@ -83,6 +83,10 @@ pub enum SessionError {
     /// The client closed the connection before the session could finish.
     #[error("client closed the connection")]
     ClientClosed,
+    /// The server's drain time ran out while the session was still waiting (for BIND's
+    /// incoming connection).
+    #[error("server shutdown")]
+    Shutdown,
     /// A local socket operation failed (bind, listen, accept, ...).
     #[error("local I/O error: {0}")]
     Io(#[from] io::Error),
@@ -131,7 +135,9 @@ pub fn rep(error: &SessionError) -> Option<Rep> {
             Phase::Handshake => return None,
             Phase::Connect | Phase::BindWait => Rep::TTL_EXPIRED,
         },
-        SessionError::LimitReached(_) | SessionError::Io(_) => Rep::GENERAL_FAILURE,
+        SessionError::LimitReached(_) | SessionError::Io(_) | SessionError::Shutdown => {
+            Rep::GENERAL_FAILURE
+        }
     };
     Some(rep)
 }
@@ -183,6 +189,7 @@ mod tests {
                 Rep::CONNECTION_REFUSED,
             ),
             (SessionError::Timeout(Phase::Connect), Rep::TTL_EXPIRED),
+            (SessionError::Shutdown, Rep::GENERAL_FAILURE),
             (connect_failed(ConnectFailure::TimedOut), Rep::TTL_EXPIRED),
             (
                 proto(ProtocolError::UnknownCommand(9)),

@@ -143,14 +143,18 @@ pub(crate) async fn run(
             }
             _ => tracing::info!(client = %conn.client, %error, "session failed"),
         }
+        // Logged before the linger below: the session is over once its answer is out, and
+        // a shutdown's last moments must not hold back the line.
+        record.duration = started.elapsed();
+        shared.config.access_log.write(&record);
         close_after_failure(conn.stream).await;
     } else {
-        // A finished tunnel's last FIN goes out with this close (see `relay`), so it must
-        // not wait behind the log line, which takes a lock shared by every session.
+        // A finished tunnel's last FIN goes out with this close (see `relay`), so it comes
+        // before the log line.
         drop(conn);
+        record.duration = started.elapsed();
+        shared.config.access_log.write(&record);
     }
-    record.duration = started.elapsed();
-    shared.config.access_log.write(&record);
 }
 
 async fn drive(

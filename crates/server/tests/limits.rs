@@ -98,6 +98,10 @@ async fn shutdown_stops_accepting_and_drains_within_its_bound() {
     c.greet_no_auth().await;
     c.send(&request(Command::CONNECT, &echo.to_string())).await;
     assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    let mut bind = RawClient::connect(addr).await;
+    bind.greet_no_auth().await;
+    bind.send(&request(Command::BIND, "127.0.0.1:0")).await;
+    assert_eq!(bind.recv_reply().await.rep, Rep::SUCCEEDED);
     let mut udp = RawClient::connect(addr).await;
     udp.greet_no_auth().await;
     udp.send(&request(Command::UDP_ASSOCIATE, "0.0.0.0:0"))
@@ -112,8 +116,13 @@ async fn shutdown_stops_accepting_and_drains_within_its_bound() {
         TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
-    // Then the tunnel and the association were closed, each with its access-log line.
+    // Then the tunnel, the BIND wait (answered with its second reply) and the association
+    // were closed, each with its access-log line.
+    assert_eq!(bind.recv_reply().await.rep, Rep::GENERAL_FAILURE);
     let mut rest = Vec::new();
+    with_deadline(bind.stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
     with_deadline(c.stream.read_to_end(&mut rest))
         .await
         .unwrap();
@@ -125,7 +134,8 @@ async fn shutdown_stops_accepting_and_drains_within_its_bound() {
         .into_iter()
         .filter(|l| l.contains("\"end\":\"server shutdown"))
         .collect();
-    assert_eq!(ended.len(), 2, "{:?}", log.lines());
+    assert_eq!(ended.len(), 3, "{:?}", log.lines());
+    assert!(ended.iter().any(|l| l.contains("\"command\":\"BIND\"")));
     assert!(ended.iter().any(|l| l.contains("\"command\":\"CONNECT\"")));
     assert!(ended
         .iter()
