@@ -589,12 +589,13 @@ fn build(
     // Last: a configuration rejected above must not leave a log file behind (or wait for a
     // FIFO's reader before saying what is wrong).
     let sink = match (access_target, open_access_log) {
-        (_, AccessLogOpen::No) | (AccessTarget::Off, _) => None,
+        (_, AccessLogOpen::No)
+        | (AccessTarget::Off, _)
+        | (AccessTarget::Stdout, AccessLogOpen::Check) => None,
         (AccessTarget::File(path), AccessLogOpen::Check) => {
             check_access_log_path(&path).map_err(plain_error)?;
             None
         }
-        (AccessTarget::Stdout, AccessLogOpen::Check) => None,
         (AccessTarget::Stdout, AccessLogOpen::Yes) => Some(Sink::stdout()),
         (AccessTarget::File(path), AccessLogOpen::Yes) => Some(
             Sink::file(&path)

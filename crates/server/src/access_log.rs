@@ -208,11 +208,14 @@ impl Drop for Owner {
     }
 }
 
+fn append_options() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    options
+}
+
 fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    append_options().open(path)
 }
 
 /// Opens like [`open_append`] without waiting for a FIFO's reader, then makes writes
@@ -220,9 +223,7 @@ fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 fn open_append_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
+    let file = append_options()
         .custom_flags(OFlag::O_NONBLOCK.bits())
         .open(path)?;
     let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL)?);
@@ -450,29 +451,30 @@ impl AccessLog {
         }
     }
 
+    fn sink(&self) -> Option<&Sink> {
+        match self {
+            AccessLog::Off => None,
+            AccessLog::Text(sink) | AccessLog::Json(sink) => Some(sink),
+        }
+    }
+
     /// Writes every pending line now.
     pub fn flush(&self) {
-        match self {
-            AccessLog::Off => {}
-            AccessLog::Text(sink) | AccessLog::Json(sink) => sink.flush(),
+        if let Some(sink) = self.sink() {
+            sink.flush();
         }
     }
 
     /// Opens the log's file again (see [`Sink::reopen`]); `Ok(None)` when it is not a file.
     pub fn reopen(&self) -> std::io::Result<Option<&Path>> {
-        match self {
-            AccessLog::Off => Ok(None),
-            AccessLog::Text(sink) | AccessLog::Json(sink) => sink.reopen(),
-        }
+        self.sink().map_or(Ok(None), Sink::reopen)
     }
 
     /// Lines dropped (the buffer was full) and not yet reported: the writer thread reports
     /// them once its destination takes lines again.
     pub fn dropped(&self) -> u64 {
-        match self {
-            AccessLog::Off => 0,
-            AccessLog::Text(sink) | AccessLog::Json(sink) => lock(&sink.shared().pending).dropped,
-        }
+        self.sink()
+            .map_or(0, |sink| lock(&sink.shared().pending).dropped)
     }
 
     /// Writes every pending line, waiting at most `limit` for a log destination that does
@@ -480,10 +482,7 @@ impl AccessLog {
     /// whether everything was written in time. (If no thread can be started for the wait,
     /// it writes without a limit.)
     pub fn flush_within(&self, limit: Duration) -> bool {
-        let (AccessLog::Text(sink) | AccessLog::Json(sink)) = self else {
-            return true;
-        };
-        if sink.written_out() {
+        if self.sink().is_none_or(Sink::written_out) {
             return true;
         }
         let log = self.clone();

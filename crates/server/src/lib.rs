@@ -92,8 +92,8 @@ pub(crate) struct Shared {
     pub(crate) pipes: relay::PipePool,
     /// The busy-poll window, resolved for the runtime the server was built on.
     pub(crate) busy_poll: Duration,
-    /// Cancelled when the drain time is over: tunnels and UDP associations still open end
-    /// then, each with its access-log line.
+    /// Cancelled when the drain time is over: tunnels, BIND waits and UDP associations
+    /// still open end then, each with its access-log line.
     pub(crate) drain_over: CancellationToken,
 }
 
@@ -224,8 +224,8 @@ impl Server {
                 remaining = sessions.len(),
                 "drain time ({drain:?}) over; closing remaining sessions"
             );
-            // Tunnels and associations end at once and log their line; what is still
-            // running after that (a handshake, a BIND wait) is dropped with the runtime.
+            // Tunnels, BIND waits and associations end at once and log their line; what is
+            // still running after that (a handshake) is dropped with the runtime.
             self.shared.drain_over.cancel();
             let _ = tokio::time::timeout(CLOSE_WAIT, sessions.wait()).await;
         } else {

@@ -167,16 +167,22 @@ async fn pump_copy(
                 return end_of_stream(dst, ended);
             }
             write_all(dst, &buf[..n]).await?;
-            moved.fetch_add(n as u64, Ordering::Relaxed);
-            activity.touch();
-            spin.moved();
+            count(n, moved, activity, &mut spin);
         }
     }
 }
 
+/// Counts `n` bytes moved in one direction: the tunnel's total, its idle clock, and the
+/// direction's busy-poll window.
+fn count(n: usize, moved: &AtomicU64, activity: &Activity, spin: &mut Spin) {
+    moved.fetch_add(n as u64, Ordering::Relaxed);
+    activity.touch();
+    spin.moved();
+}
+
 /// Relays between `client` and `target` until both directions are closed, one fails,
-/// nothing moves for `idle`, or `stop` completes. After each chunk a direction polls for the next one without
-/// sleeping for `busy_poll` (see [`crate::busy_poll`]). The first EOF is passed on with a
+/// nothing moves for `idle`, or `stop` completes. After each chunk a direction polls for
+/// the next one without sleeping for `busy_poll` (see [`crate::busy_poll`]). The first EOF is passed on with a
 /// `shutdown`; the second is not: the caller must close (drop) both sockets as soon as this
 /// returns, and that close is what tells the peer.
 pub async fn relay(
@@ -240,7 +246,7 @@ pub use splice::PipePool;
 mod splice {
     use std::io;
     use std::os::fd::{AsFd, OwnedFd};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -248,7 +254,7 @@ mod splice {
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::{end_of_stream, until_ready, Activity, Spin};
+    use super::{count, end_of_stream, until_ready, Activity, Spin};
 
     /// Pipe capacity asked for. Larger pipes move a bulk stream in fewer splice calls; the
     /// kernel may grant less (`/proc/sys/fs/pipe-max-size`), which only costs calls.
@@ -332,8 +338,7 @@ mod splice {
             tokio::task::consume_budget().await;
             until_ready(spin.remaining(), || src.readable()).await?;
             if bulk {
-                if splice_chunk(src, dst, pool, moved, activity).await? {
-                    spin.moved();
+                if splice_chunk(src, dst, pool, moved, activity, &mut spin).await? {
                     continue;
                 }
                 bulk = false;
@@ -365,6 +370,7 @@ mod splice {
         pool: &PipePool,
         moved: &AtomicU64,
         activity: &Activity,
+        spin: &mut Spin,
     ) -> io::Result<bool> {
         let pipe = pool.take()?;
         let filled = src.try_io(Interest::READABLE, || {
@@ -398,8 +404,7 @@ mod splice {
                     // Counted as it goes out, so a tunnel that fails mid-chunk still
                     // reports what was delivered.
                     pending -= n;
-                    moved.fetch_add(n as u64, Ordering::Relaxed);
-                    activity.touch();
+                    count(n, moved, activity, spin);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The pipe still holds bytes: it is dropped (closed), not pooled.
@@ -408,12 +413,6 @@ mod splice {
         }
         pool.put(pipe);
         Ok(true)
-    }
-
-    fn count(n: usize, moved: &AtomicU64, activity: &Activity, spin: &mut Spin) {
-        moved.fetch_add(n as u64, Ordering::Relaxed);
-        activity.touch();
-        spin.moved();
     }
 
     /// What one `recv` found.

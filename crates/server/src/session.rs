@@ -128,7 +128,7 @@ pub(crate) async fn run(
         user: None,
     };
     let result = drive(&mut conn, &shared, &mut record, handshake_permit).await;
-    if let Err(error) = &result {
+    let linger = if let Err(error) = &result {
         if let Some(code) = rep(error) {
             record.rep = Some(code);
             let _ = conn.send_reply(&Reply::failure(code)).await;
@@ -143,17 +143,19 @@ pub(crate) async fn run(
             }
             _ => tracing::info!(client = %conn.client, %error, "session failed"),
         }
-        // Logged before the linger below: the session is over once its answer is out, and
-        // a shutdown's last moments must not hold back the line.
-        record.duration = started.elapsed();
-        shared.config.access_log.write(&record);
-        close_after_failure(conn.stream).await;
+        Some(conn.stream)
     } else {
         // A finished tunnel's last FIN goes out with this close (see `relay`), so it comes
         // before the log line.
         drop(conn);
-        record.duration = started.elapsed();
-        shared.config.access_log.write(&record);
+        None
+    };
+    // Before the linger after a failure: the session is over once its answer is out, and a
+    // shutdown's last moments must not hold back the line.
+    record.duration = started.elapsed();
+    shared.config.access_log.write(&record);
+    if let Some(stream) = linger {
+        close_after_failure(stream).await;
     }
 }
 

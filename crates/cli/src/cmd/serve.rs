@@ -76,10 +76,12 @@ async fn reload_on_sighup(
         let (path, overrides) = (args.config.clone(), args.overrides.clone());
         let loaded = tokio::task::spawn_blocking(move || {
             config_file::load(path.as_deref(), &overrides, AccessLogOpen::No)
+                .map_err(|e| e.to_string())
         })
-        .await;
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
         match loaded {
-            Ok(Ok((config, _))) => {
+            Ok((config, _)) => {
                 tracing::info!(
                     users = config.users.len(),
                     rules = config.rules.rules().len(),
@@ -87,7 +89,6 @@ async fn reload_on_sighup(
                 );
                 handle.reload(config.auth_methods, config.users, config.rules);
             }
-            Ok(Err(e)) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
             Err(e) => tracing::error!("SIGHUP: configuration not reloaded: {e}"),
         }
         reopener.request(&access_log);
@@ -101,22 +102,28 @@ async fn reload_on_sighup(
 /// threads behind it.
 #[derive(Default)]
 struct Reopener {
-    /// (a reopen is running, another was asked for meanwhile)
-    state: Mutex<(bool, bool)>,
+    state: Mutex<ReopenState>,
+}
+
+#[derive(Default)]
+struct ReopenState {
+    running: bool,
+    /// Another reopen was asked for while one was running.
+    again: bool,
 }
 
 impl Reopener {
     fn request(self: &Arc<Self>, access_log: &AccessLog) {
         {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if state.0 {
-                state.1 = true;
+            if state.running {
+                state.again = true;
                 tracing::warn!(
                     "SIGHUP: the previous access-log reopen is still waiting for its destination; reopening again after it"
                 );
                 return;
             }
-            *state = (true, false);
+            state.running = true;
         }
         let (this, log) = (self.clone(), access_log.clone());
         let spawned = std::thread::Builder::new()
@@ -124,7 +131,7 @@ impl Reopener {
             .spawn(move || this.run(&log));
         if let Err(e) = spawned {
             tracing::error!("SIGHUP: access log not reopened: no thread for it: {e}");
-            *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (false, false);
+            self.state.lock().unwrap_or_else(|e| e.into_inner()).running = false;
         }
     }
 
@@ -138,8 +145,8 @@ impl Reopener {
                 ),
             }
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if !std::mem::take(&mut state.1) {
-                state.0 = false;
+            if !std::mem::take(&mut state.again) {
+                state.running = false;
                 return;
             }
         }
