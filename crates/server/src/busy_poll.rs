@@ -27,7 +27,8 @@
 //! worker: one CPU, a container limited to one, or pinned (`taskset`), as the benchmark
 //! pins it.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Default window: long enough to cover a loopback peer's answer (tens of µs), short
@@ -71,31 +72,30 @@ fn runs_on_one_worker() -> bool {
     }
 }
 
-/// Waits for `ready()` to complete. For up to `window` (at most [`MAX_BUSY_POLL`]) it polls
-/// without sleeping; after that it waits the ordinary way. A zero window waits the
-/// ordinary way at once.
+/// Waits until `poll_ready` is ready (tokio's `poll_read_ready` or `poll_write_ready`). For
+/// up to `window` (at most [`MAX_BUSY_POLL`]) it polls without sleeping; after that it waits
+/// the ordinary way. A zero window waits the ordinary way at once.
 ///
-/// `ready` makes a fresh readiness future per round (tokio's `readable()`), so nothing is
-/// held between rounds but the registration the socket already has.
-pub(crate) async fn until_ready<F, Fut>(window: Duration, mut ready: F) -> Fut::Output
-where
-    F: FnMut() -> Fut,
-    Fut: Future,
-{
+/// A poll function rather than a readiness future (tokio's `readable()`): the future is
+/// 152 bytes kept in the task of every idle tunnel, twice, while the poll function keeps
+/// its waker in the socket's registration, which exists anyway.
+pub(crate) async fn until_ready<T>(
+    window: Duration,
+    mut poll_ready: impl FnMut(&mut Context<'_>) -> Poll<T>,
+) -> T {
     if !window.is_zero() {
         let deadline = Instant::now() + window.min(MAX_BUSY_POLL);
         loop {
-            tokio::select! {
-                biased;
-                out = ready() => return out,
-                () = tokio::task::yield_now() => {}
+            if let Poll::Ready(out) = poll_fn(|cx| Poll::Ready(poll_ready(cx))).await {
+                return out;
             }
+            tokio::task::yield_now().await;
             if Instant::now() >= deadline {
                 break;
             }
         }
     }
-    ready().await
+    poll_fn(poll_ready).await
 }
 
 /// The window as state for a task that waits on several things at once in a `select!`
@@ -158,7 +158,7 @@ mod tests {
     async fn data_that_arrives_during_the_window_is_seen() {
         let (mut a, b) = pair().await;
         // Long enough that the write lands inside the window on any machine.
-        let waiting = until_ready(MAX_BUSY_POLL * 1000, || b.readable());
+        let waiting = until_ready(MAX_BUSY_POLL * 1000, |cx| b.poll_read_ready(cx));
         let writing = async {
             tokio::task::yield_now().await;
             a.write_all(b"x").await.unwrap();
@@ -172,7 +172,7 @@ mod tests {
     #[tokio::test]
     async fn data_that_arrives_after_the_window_is_seen() {
         let (mut a, b) = pair().await;
-        let waiting = until_ready(Duration::from_micros(1), || b.readable());
+        let waiting = until_ready(Duration::from_micros(1), |cx| b.poll_read_ready(cx));
         let writing = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             a.write_all(b"y").await.unwrap();
@@ -188,7 +188,9 @@ mod tests {
     async fn a_zero_window_waits_the_ordinary_way() {
         let (mut a, b) = pair().await;
         a.write_all(b"z").await.unwrap();
-        until_ready(Duration::ZERO, || b.readable()).await.unwrap();
+        until_ready(Duration::ZERO, |cx| b.poll_read_ready(cx))
+            .await
+            .unwrap();
         let mut buf = [0u8; 1];
         assert_eq!(b.try_read(&mut buf).unwrap(), 1);
     }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use ferrosocks_proto::{Addr, Command, Rep, Reply};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::access_log::SessionRecord;
@@ -19,13 +20,28 @@ pub(crate) async fn handle(
     record: &mut SessionRecord,
     dst: Addr,
 ) -> Result<(), SessionError> {
+    // Connecting is a future of its own, finished before the tunnel starts, so what it
+    // needed (the addresses, the deadline, the reply) takes no room in the task of an
+    // open tunnel, and its allocations are freed.
+    let mut target = connect_and_reply(conn, shared, record, dst).await?;
+    run_tunnel(conn, &mut target, shared, record).await;
+    Ok(())
+}
+
+/// Resolves, checks the rules, connects, and sends the success reply.
+async fn connect_and_reply(
+    conn: &mut Conn,
+    shared: &Shared,
+    record: &mut SessionRecord,
+    dst: Addr,
+) -> Result<TcpStream, SessionError> {
     let timeout = shared.config.timeouts.connect;
     let deadline = Instant::now() + timeout;
     let candidates = tokio::time::timeout_at(deadline, resolve(&dst))
         .await
         .map_err(|_| SessionError::Timeout(Phase::Connect))??;
     let allowed = shared.allowed_targets(conn, Command::CONNECT, &dst, &candidates)?;
-    let (mut target, connected) =
+    let (target, connected) =
         connect_any(&allowed, deadline.saturating_duration_since(Instant::now())).await?;
     tcp_tuning::tune(
         &target,
@@ -40,9 +56,7 @@ pub(crate) async fn handle(
     })
     .await?;
     record.rep = Some(Rep::SUCCEEDED);
-
-    run_tunnel(conn, &mut target, shared, record).await;
-    Ok(())
+    Ok(target)
 }
 
 impl Shared {

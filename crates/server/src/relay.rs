@@ -103,6 +103,40 @@ impl Activity {
     }
 }
 
+/// One direction of a tunnel and what it shares with the other. A pump's task holds one
+/// reference to this instead of one per field: every argument of an `async fn` is kept
+/// twice in its task (argument and local), in every idle tunnel, for both directions.
+struct Direction<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
+    /// Bytes delivered to `dst`.
+    moved: AtomicU64,
+    /// Shared by both directions: the idle clock.
+    activity: &'a Activity,
+    /// Shared by both directions: set by the first to reach EOF (see [`end_of_stream`]).
+    ended: &'a AtomicBool,
+    busy_poll: Duration,
+}
+
+impl<'a> Direction<'a> {
+    fn new(
+        src: &'a TcpStream,
+        dst: &'a TcpStream,
+        activity: &'a Activity,
+        ended: &'a AtomicBool,
+        busy_poll: Duration,
+    ) -> Self {
+        Self {
+            src,
+            dst,
+            moved: AtomicU64::new(0),
+            activity,
+            ended,
+            busy_poll,
+        }
+    }
+}
+
 /// Passes a source's EOF on to `dst`. Only the first direction to end sends a `shutdown`:
 /// when the second ends, the tunnel is over and closing the sockets, which the caller must
 /// do at once (see [`relay`]), sends the same FIN, one system call fewer per tunnel.
@@ -127,7 +161,7 @@ fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
 /// Writes all of `buf` to a socket shared with the other direction's task.
 async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
-        dst.writable().await?;
+        std::future::poll_fn(|cx| dst.poll_write_ready(cx)).await?;
         match dst.try_write(buf) {
             Ok(n) => buf = &buf[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -138,21 +172,15 @@ async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
 }
 
 /// One direction through a user-space buffer that exists only while data is flowing.
-async fn pump_copy(
-    src: &TcpStream,
-    dst: &TcpStream,
-    moved: &AtomicU64,
-    activity: &Activity,
-    ended: &AtomicBool,
-    busy_poll: Duration,
-) -> io::Result<()> {
+async fn pump_copy(dir: &Direction<'_>) -> io::Result<()> {
+    let (src, dst) = (dir.src, dir.dst);
     // Polls without sleeping only for `busy_poll` after bytes last moved.
-    let mut spin = Spin::new(busy_poll);
+    let mut spin = Spin::new(dir.busy_poll);
     loop {
         // Readiness futures take nothing from tokio's task budget: without this, a tunnel
         // that always has data would never let the other tasks on its worker run.
         tokio::task::consume_budget().await;
-        until_ready(spin.remaining(), || src.readable()).await?;
+        until_ready(spin.remaining(), |cx| src.poll_read_ready(cx)).await?;
         let mut buf = Vec::new();
         loop {
             if buf.is_empty() {
@@ -164,19 +192,19 @@ async fn pump_copy(
                 Err(e) => return Err(e),
             };
             if n == 0 {
-                return end_of_stream(dst, ended);
+                return end_of_stream(dst, dir.ended);
             }
             write_all(dst, &buf[..n]).await?;
-            count(n, moved, activity, &mut spin);
+            count(n, dir, &mut spin);
         }
     }
 }
 
 /// Counts `n` bytes moved in one direction: the tunnel's total, its idle clock, and the
 /// direction's busy-poll window.
-fn count(n: usize, moved: &AtomicU64, activity: &Activity, spin: &mut Spin) {
-    moved.fetch_add(n as u64, Ordering::Relaxed);
-    activity.touch();
+fn count(n: usize, dir: &Direction<'_>, spin: &mut Spin) {
+    dir.moved.fetch_add(n as u64, Ordering::Relaxed);
+    dir.activity.touch();
     spin.moved();
 }
 
@@ -194,28 +222,22 @@ pub async fn relay(
     pipes: &PipePool,
     stop: impl std::future::Future<Output = ()>,
 ) -> RelayStats {
-    let up = AtomicU64::new(0);
-    let down = AtomicU64::new(0);
     let ended = AtomicBool::new(false);
     let activity = Activity {
         origin: Instant::now(),
         last_ms: AtomicU64::new(0),
     };
+    let up = Direction::new(client, target, &activity, &ended, busy_poll);
+    let down = Direction::new(target, client, &activity, &ended, busy_poll);
     let both = async {
         match mode {
             #[cfg(target_os = "linux")]
-            RelayMode::Splice => tokio::try_join!(
-                splice::pump(client, target, pipes, &up, &activity, &ended, busy_poll),
-                splice::pump(target, client, pipes, &down, &activity, &ended, busy_poll)
-            )
-            .map(|_| ()),
+            RelayMode::Splice => {
+                tokio::try_join!(splice::pump(&up, pipes), splice::pump(&down, pipes)).map(|_| ())
+            }
             _ => {
                 let _ = pipes;
-                tokio::try_join!(
-                    pump_copy(client, target, &up, &activity, &ended, busy_poll),
-                    pump_copy(target, client, &down, &activity, &ended, busy_poll)
-                )
-                .map(|_| ())
+                tokio::try_join!(pump_copy(&up), pump_copy(&down)).map(|_| ())
             }
         }
     };
@@ -234,8 +256,8 @@ pub async fn relay(
         () = stop => RelayEnd::Shutdown,
     };
     RelayStats {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
+        up: up.moved.load(Ordering::Relaxed),
+        down: down.moved.load(Ordering::Relaxed),
         end,
     }
 }
@@ -246,15 +268,13 @@ pub use splice::PipePool;
 mod splice {
     use std::io;
     use std::os::fd::{AsFd, OwnedFd};
-    use std::sync::atomic::{AtomicBool, AtomicU64};
     use std::sync::Mutex;
-    use std::time::Duration;
 
     use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
     use tokio::io::Interest;
     use tokio::net::TcpStream;
 
-    use super::{count, end_of_stream, until_ready, Activity, Spin};
+    use super::{count, end_of_stream, until_ready, Direction, Spin};
 
     /// Pipe capacity asked for. Larger pipes move a bulk stream in fewer splice calls; the
     /// kernel may grant less (`/proc/sys/fs/pipe-max-size`), which only costs calls.
@@ -321,42 +341,38 @@ mod splice {
     /// or 0 once a FIN has arrived, while the bytes behind the mark wait; so every EAGAIN or
     /// 0 from splice is checked at once with `recv`, which skips the urgent byte (it is out
     /// of band), reads on, and tells an empty socket and the end of the stream apart.
-    pub(super) async fn pump(
-        src: &TcpStream,
-        dst: &TcpStream,
-        pool: &PipePool,
-        moved: &AtomicU64,
-        activity: &Activity,
-        ended: &AtomicBool,
-        busy_poll: Duration,
-    ) -> io::Result<()> {
+    pub(super) async fn pump(dir: &Direction<'_>, pool: &PipePool) -> io::Result<()> {
+        let (src, dst) = (dir.src, dir.dst);
         // Polls without sleeping only for `busy_poll` after bytes last moved.
-        let mut spin = Spin::new(busy_poll);
+        let mut spin = Spin::new(dir.busy_poll);
         let mut bulk = false;
         loop {
             // See `pump_copy`: lets the worker's other tasks run.
             tokio::task::consume_budget().await;
-            until_ready(spin.remaining(), || src.readable()).await?;
+            until_ready(spin.remaining(), |cx| src.poll_read_ready(cx)).await?;
             if bulk {
-                if splice_chunk(src, dst, pool, moved, activity, &mut spin).await? {
+                if splice_chunk(dir, pool, &mut spin).await? {
                     continue;
                 }
                 bulk = false;
             }
-            match recv_and_send(src, dst)? {
+            // The wait for `dst` comes after the match, so that the match's temporaries
+            // are not kept in the task while it waits.
+            let rest = match recv_and_send(src, dst)? {
                 Received::Read { n, sent, rest } => {
                     if sent > 0 {
-                        count(sent, moved, activity, &mut spin);
-                    }
-                    if !rest.is_empty() {
-                        super::write_all(dst, &rest).await?;
-                        count(rest.len(), moved, activity, &mut spin);
+                        count(sent, dir, &mut spin);
                     }
                     bulk = n == RECV_BUFFER;
+                    rest
                 }
-                Received::Eof => return end_of_stream(dst, ended),
+                Received::Eof => return end_of_stream(dst, dir.ended),
                 // The read cleared the socket's readiness: the next turn waits.
-                Received::Nothing => {}
+                Received::Nothing => continue,
+            };
+            if !rest.is_empty() {
+                super::write_all(dst, &rest).await?;
+                count(rest.len(), dir, &mut spin);
             }
         }
     }
@@ -365,13 +381,11 @@ mod splice {
     /// `false`: splice read nothing, with `src`'s readiness left as it was for the `recv`
     /// that must follow.
     async fn splice_chunk(
-        src: &TcpStream,
-        dst: &TcpStream,
+        dir: &Direction<'_>,
         pool: &PipePool,
-        moved: &AtomicU64,
-        activity: &Activity,
         spin: &mut Spin,
     ) -> io::Result<bool> {
+        let (src, dst) = (dir.src, dir.dst);
         let pipe = pool.take()?;
         let filled = src.try_io(Interest::READABLE, || {
             match splice(src.as_fd(), None, &pipe.write, None, pipe.capacity, FLAGS) {
@@ -396,7 +410,7 @@ mod splice {
             Err(e) => return Err(e),
         };
         while pending > 0 {
-            dst.writable().await?;
+            std::future::poll_fn(|cx| dst.poll_write_ready(cx)).await?;
             match dst.try_io(Interest::WRITABLE, || {
                 splice(&pipe.read, None, dst.as_fd(), None, pending, FLAGS).map_err(io::Error::from)
             }) {
@@ -404,7 +418,7 @@ mod splice {
                     // Counted as it goes out, so a tunnel that fails mid-chunk still
                     // reports what was delivered.
                     pending -= n;
-                    count(n, moved, activity, spin);
+                    count(n, dir, spin);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The pipe still holds bytes: it is dropped (closed), not pooled.
