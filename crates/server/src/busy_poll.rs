@@ -78,7 +78,8 @@ fn runs_on_one_worker() -> bool {
 ///
 /// A poll function rather than a readiness future (tokio's `readable()`): the future is
 /// 152 bytes kept in the task of every idle tunnel, twice, while the poll function keeps
-/// its waker in the socket's registration, which exists anyway.
+/// its waker in the socket's registration, which exists anyway. That registration has one
+/// waker per direction, so only one future may wait on a socket's direction at a time.
 pub(crate) async fn until_ready<T>(
     window: Duration,
     mut poll_ready: impl FnMut(&mut Context<'_>) -> Poll<T>,

@@ -158,7 +158,10 @@ fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
     }
 }
 
-/// Writes all of `buf` to a socket shared with the other direction's task.
+/// Writes all of `buf` to `dst`. Like every readiness wait in the relay, it goes through
+/// tokio's poll functions, which keep one waker per socket and direction: only one future
+/// may wait on `dst`'s writability at a time (here, the direction that writes to it; both
+/// directions run in one task).
 async fn write_all(dst: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         std::future::poll_fn(|cx| dst.poll_write_ready(cx)).await?;
@@ -177,9 +180,10 @@ async fn pump_copy(dir: &Direction<'_>) -> io::Result<()> {
     // Polls without sleeping only for `busy_poll` after bytes last moved.
     let mut spin = Spin::new(dir.busy_poll);
     loop {
-        // Readiness futures take nothing from tokio's task budget: without this, a tunnel
-        // that always has data would never let the other tasks on its worker run.
-        tokio::task::consume_budget().await;
+        // `poll_read_ready` spends a unit of tokio's task budget each time it finds the
+        // socket ready, so a tunnel that always has data still lets the other tasks on its
+        // worker run (tokio's `readable()` future spent none, and a `consume_budget` was
+        // needed here).
         until_ready(spin.remaining(), |cx| src.poll_read_ready(cx)).await?;
         let mut buf = Vec::new();
         loop {
@@ -347,8 +351,7 @@ mod splice {
         let mut spin = Spin::new(dir.busy_poll);
         let mut bulk = false;
         loop {
-            // See `pump_copy`: lets the worker's other tasks run.
-            tokio::task::consume_budget().await;
+            // Spends task budget when ready: see `pump_copy`.
             until_ready(spin.remaining(), |cx| src.poll_read_ready(cx)).await?;
             if bulk {
                 if splice_chunk(dir, pool, &mut spin).await? {

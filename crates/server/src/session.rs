@@ -129,8 +129,6 @@ pub(crate) fn run(
         user: None,
     };
     async move {
-        // Held until the session ends: it counts towards `max_connections`.
-        let _ = &connection;
         tcp_tuning::tune_accepted(
             &conn.stream,
             conn.client.ip(),
@@ -167,6 +165,9 @@ pub(crate) fn run(
         if let Some(stream) = linger {
             close_after_failure(stream).await;
         }
+        // Held until the session ends, the close linger included: it counts towards
+        // `max_connections`.
+        drop(connection);
     }
 }
 

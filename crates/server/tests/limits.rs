@@ -32,6 +32,35 @@ async fn unauthenticated_connections_are_capped() {
 }
 
 #[tokio::test]
+async fn open_tunnels_hold_their_connection_slot_until_they_end() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let mut config = test_config();
+    config.limits.max_connections = 2;
+    let server = spawn_server(config).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..2 {
+        let mut c = RawClient::connect(server.addr).await;
+        c.greet_no_auth().await;
+        c.send(&request(Command::CONNECT, &echo.to_string())).await;
+        assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+        tunnels.push(c);
+    }
+    // The kernel completes the third connection, but the server does not take it while
+    // both slots are held: its greeting stays unanswered.
+    let mut third = RawClient::connect(server.addr).await;
+    third.send(&[5, 1, 0]).await;
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.stream.read(&mut byte));
+    assert!(early.await.is_err(), "served beyond max_connections");
+    // A tunnel still works while the third waits.
+    tunnels[0].send(b"ping").await;
+    assert_eq!(tunnels[0].recv_exact(4).await, b"ping");
+    // Ending one tunnel frees its slot, and the waiting client is served.
+    drop(tunnels.remove(1));
+    assert_eq!(third.recv_exact(2).await, [5, 0]);
+}
+
+#[tokio::test]
 async fn idle_tunnel_is_closed() {
     let echo = tcp_echo("127.0.0.1:0").await;
     let mut config = test_config();
