@@ -400,26 +400,73 @@ impl SessionRecord {
             .unwrap_or_else(|| "-".into())
     }
 
-    /// The text form: `key=value` pairs, values with spaces quoted.
+    /// The text form: `key=value` pairs, `end` quoted and escaped as Rust's `{:?}` does.
+    ///
+    /// Written straight into one `String`, without a `String` per field or the `time`
+    /// crate's formatter: this runs once per session on the worker, and the generic path
+    /// cost about 8,600 instructions a session (callgrind), a sixth of the server's
+    /// user-space work in the sessions/s benchmark.
     pub fn to_text(&self) -> String {
         let mut s = String::with_capacity(200);
-        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-        let _ = write!(
-            s,
-            "{} client={} user={} cmd={} dst={} resolved={} rep={} up={} down={} duration_ms={} end={:?}",
-            self.timestamp(),
-            self.client,
-            dash(self.user.clone()),
-            self.command_name(),
-            dash(self.target.clone()),
-            dash(self.resolved.map(|a| a.to_string())),
-            dash(self.rep.map(|r| format!("{:02x}", r.0))),
-            self.bytes_up,
-            self.bytes_down,
-            self.duration.as_millis(),
-            self.end,
-        );
+        self.push_timestamp(&mut s);
+        s.push_str(" client=");
+        push_addr(&mut s, self.client);
+        s.push_str(" user=");
+        s.push_str(self.user.as_deref().unwrap_or("-"));
+        s.push_str(" cmd=");
+        match self.command {
+            Some(c) => match c.name() {
+                Some(name) => s.push_str(name),
+                None => {
+                    let _ = write!(s, "{:#04x}", c.0);
+                }
+            },
+            None => s.push('-'),
+        }
+        s.push_str(" dst=");
+        s.push_str(self.target.as_deref().unwrap_or("-"));
+        s.push_str(" resolved=");
+        match self.resolved {
+            Some(addr) => push_addr(&mut s, addr),
+            None => s.push('-'),
+        }
+        s.push_str(" rep=");
+        match self.rep {
+            Some(rep) => push_digits(&mut s, rep.0.into(), 2, 16),
+            None => s.push('-'),
+        }
+        s.push_str(" up=");
+        push_digits(&mut s, self.bytes_up, 1, 10);
+        s.push_str(" down=");
+        push_digits(&mut s, self.bytes_down, 1, 10);
+        s.push_str(" duration_ms=");
+        push_digits(&mut s, self.duration.as_millis() as u64, 1, 10);
+        s.push_str(" end=");
+        push_quoted(&mut s, &self.end);
         s
+    }
+
+    /// [`Self::timestamp`], appended to `s`.
+    fn push_timestamp(&self, s: &mut String) {
+        let t = time::OffsetDateTime::from(self.start);
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            s.push_str(&self.timestamp());
+            return;
+        }
+        let fields = [
+            (year as u64, 4, '-'),
+            (u8::from(t.month()).into(), 2, '-'),
+            (t.day().into(), 2, 'T'),
+            (t.hour().into(), 2, ':'),
+            (t.minute().into(), 2, ':'),
+            (t.second().into(), 2, '.'),
+            (t.millisecond().into(), 3, 'Z'),
+        ];
+        for (value, width, after) in fields {
+            push_digits(s, value, width, 10);
+            s.push(after);
+        }
     }
 
     /// The JSON form.
@@ -438,6 +485,54 @@ impl SessionRecord {
             "end": self.end,
         })
         .to_string()
+    }
+}
+
+/// Appends `value` in `radix` (10 or 16, lower case), zero-padded to `width` digits.
+fn push_digits(s: &mut String, value: u64, width: usize, radix: u64) {
+    let mut digits = [b'0'; 20];
+    let mut rest = value;
+    let mut start = digits.len();
+    while rest > 0 || start == digits.len() {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[(rest % radix) as usize];
+        rest /= radix;
+    }
+    let start = start.min(digits.len().saturating_sub(width));
+    s.extend(digits[start..].iter().map(|&d| char::from(d)));
+}
+
+/// Appends `addr` as its `Display` writes it; IPv4, the usual case, without the formatter.
+fn push_addr(s: &mut String, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                push_digits(s, octet.into(), 1, 10);
+            }
+            s.push(':');
+            push_digits(s, v4.port().into(), 1, 10);
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(s, "{addr}");
+        }
+    }
+}
+
+/// Appends `text` as `{:?}` writes it (quoted, escaped); plain ASCII, the usual case,
+/// without going through the formatter.
+fn push_quoted(s: &mut String, text: &str) {
+    if text
+        .bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        s.push('"');
+        s.push_str(text);
+        s.push('"');
+    } else {
+        let _ = write!(s, "{text:?}");
     }
 }
 
@@ -540,6 +635,98 @@ mod tests {
 
     fn line_count(bytes: &Mutex<Vec<u8>>) -> usize {
         lock(bytes).iter().filter(|&&b| b == b'\n').count()
+    }
+
+    /// The text line, field by field: what log readers parse.
+    #[test]
+    fn text_lines_keep_their_format() {
+        let full = SessionRecord {
+            start: SystemTime::UNIX_EPOCH + Duration::from_millis(1_763_958_896_007),
+            client: "127.0.0.1:40123".parse().unwrap(),
+            user: Some("alice".into()),
+            command: Some(Command::CONNECT),
+            target: Some("example.com:443".into()),
+            resolved: Some("[2001:db8::1]:443".parse().unwrap()),
+            rep: Some(Rep::SUCCEEDED),
+            bytes_up: 1234,
+            bytes_down: 0,
+            duration: Duration::from_micros(2_500_999),
+            end: "closed".into(),
+        };
+        assert_eq!(
+            full.to_text(),
+            "2025-11-24T04:34:56.007Z client=127.0.0.1:40123 user=alice cmd=CONNECT \
+             dst=example.com:443 resolved=[2001:db8::1]:443 rep=00 up=1234 down=0 \
+             duration_ms=2500 end=\"closed\""
+        );
+        let mut bare = SessionRecord::new("[::1]:9".parse().unwrap());
+        bare.start = SystemTime::UNIX_EPOCH;
+        bare.command = Some(Command(0x7f));
+        bare.rep = Some(Rep(0x0a));
+        bare.end = "said \"no\"\tand\\left é".into();
+        assert_eq!(
+            bare.to_text(),
+            "1970-01-01T00:00:00.000Z client=[::1]:9 user=- cmd=0x7f dst=- resolved=- rep=0a \
+             up=0 down=0 duration_ms=0 end=\"said \\\"no\\\"\\tand\\\\left é\""
+        );
+        bare.command = None;
+        bare.rep = None;
+        bare.end = String::new();
+        assert!(bare.to_text().contains(" cmd=- dst=- resolved=- rep=- "));
+        assert!(bare.to_text().ends_with(" end=\"\""));
+    }
+
+    /// The hand-written parts of the text line against the generic formatting they replace.
+    #[test]
+    fn text_fields_match_the_generic_formatting() {
+        let mut record = SessionRecord::new("127.0.0.1:1".parse().unwrap());
+        for step in 0..20_000u64 {
+            // About 70 years in uneven steps, every millisecond value among them.
+            let ms = step * 110_503_001 + step % 1000;
+            record.start = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            let mut line = String::new();
+            record.push_timestamp(&mut line);
+            assert_eq!(line, record.timestamp(), "{ms} ms");
+        }
+        for rep in 0..=255u8 {
+            let mut hex = String::new();
+            push_digits(&mut hex, rep.into(), 2, 16);
+            assert_eq!(hex, format!("{rep:02x}"));
+        }
+        for n in [0, 7, 10, 99, 1000, 65535, u64::from(u32::MAX) + 1, u64::MAX] {
+            let mut decimal = String::new();
+            push_digits(&mut decimal, n, 1, 10);
+            assert_eq!(decimal, n.to_string());
+        }
+        for addr in [
+            "0.0.0.0:0",
+            "127.0.0.1:1080",
+            "255.255.255.255:65535",
+            "10.20.0.3:80",
+            "[::1]:9",
+            "[2001:db8::7]:443",
+            "[::ffff:1.2.3.4]:5",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut text = String::new();
+            push_addr(&mut text, addr);
+            assert_eq!(text, addr.to_string());
+        }
+        for text in [
+            "",
+            "closed",
+            "a b",
+            "x\"y",
+            "back\\slash",
+            "tab\t",
+            "é",
+            "\u{7f}",
+            "~ !",
+        ] {
+            let mut quoted = String::new();
+            push_quoted(&mut quoted, text);
+            assert_eq!(quoted, format!("{text:?}"));
+        }
     }
 
     #[test]
