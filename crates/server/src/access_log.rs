@@ -391,13 +391,22 @@ impl SessionRecord {
     }
 
     fn command_name(&self) -> String {
-        self.command
-            .map(|c| {
-                c.name()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| format!("{:#04x}", c.0))
-            })
-            .unwrap_or_else(|| "-".into())
+        let mut name = String::new();
+        self.push_command(&mut name);
+        name
+    }
+
+    /// The command's name (`CONNECT` …), its code for an unknown one, `-` for none.
+    fn push_command(&self, s: &mut String) {
+        match self.command {
+            Some(c) => match c.name() {
+                Some(name) => s.push_str(name),
+                None => {
+                    let _ = write!(s, "{:#04x}", c.0);
+                }
+            },
+            None => s.push('-'),
+        }
     }
 
     /// The text form: `key=value` pairs, `end` quoted and escaped as Rust's `{:?}` does.
@@ -414,15 +423,7 @@ impl SessionRecord {
         s.push_str(" user=");
         s.push_str(self.user.as_deref().unwrap_or("-"));
         s.push_str(" cmd=");
-        match self.command {
-            Some(c) => match c.name() {
-                Some(name) => s.push_str(name),
-                None => {
-                    let _ = write!(s, "{:#04x}", c.0);
-                }
-            },
-            None => s.push('-'),
-        }
+        self.push_command(&mut s);
         s.push_str(" dst=");
         s.push_str(self.target.as_deref().unwrap_or("-"));
         s.push_str(" resolved=");
@@ -676,6 +677,13 @@ mod tests {
         assert!(bare.to_text().ends_with(" end=\"\""));
     }
 
+    /// What `push` appends to an empty `String`.
+    fn pushed(push: impl FnOnce(&mut String)) -> String {
+        let mut s = String::new();
+        push(&mut s);
+        s
+    }
+
     /// The hand-written parts of the text line against the generic formatting they replace.
     #[test]
     fn text_fields_match_the_generic_formatting() {
@@ -684,19 +692,18 @@ mod tests {
             // About 70 years in uneven steps, every millisecond value among them.
             let ms = step * 110_503_001 + step % 1000;
             record.start = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-            let mut line = String::new();
-            record.push_timestamp(&mut line);
-            assert_eq!(line, record.timestamp(), "{ms} ms");
+            assert_eq!(
+                pushed(|s| record.push_timestamp(s)),
+                record.timestamp(),
+                "{ms} ms"
+            );
         }
         for rep in 0..=255u8 {
-            let mut hex = String::new();
-            push_digits(&mut hex, rep.into(), 2, 16);
+            let hex = pushed(|s| push_digits(s, rep.into(), 2, 16));
             assert_eq!(hex, format!("{rep:02x}"));
         }
         for n in [0, 7, 10, 99, 1000, 65535, u64::from(u32::MAX) + 1, u64::MAX] {
-            let mut decimal = String::new();
-            push_digits(&mut decimal, n, 1, 10);
-            assert_eq!(decimal, n.to_string());
+            assert_eq!(pushed(|s| push_digits(s, n, 1, 10)), n.to_string());
         }
         for addr in [
             "0.0.0.0:0",
@@ -708,9 +715,7 @@ mod tests {
             "[::ffff:1.2.3.4]:5",
         ] {
             let addr: SocketAddr = addr.parse().unwrap();
-            let mut text = String::new();
-            push_addr(&mut text, addr);
-            assert_eq!(text, addr.to_string());
+            assert_eq!(pushed(|s| push_addr(s, addr)), addr.to_string());
         }
         for text in [
             "",
@@ -723,9 +728,7 @@ mod tests {
             "\u{7f}",
             "~ !",
         ] {
-            let mut quoted = String::new();
-            push_quoted(&mut quoted, text);
-            assert_eq!(quoted, format!("{text:?}"));
+            assert_eq!(pushed(|s| push_quoted(s, text)), format!("{text:?}"));
         }
     }
 
