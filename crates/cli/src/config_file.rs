@@ -48,6 +48,54 @@ impl FromStr for BusyPollSetting {
     }
 }
 
+/// `local_notsent_lowat`: a number of bytes (a TOML integer or a string of digits), or
+/// `"system"` for the system's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotsentLowatSetting(pub(crate) Option<u32>);
+
+/// Larger limits than this are no limit in practice (send buffers are a few MiB).
+const MAX_NOTSENT_LOWAT: u64 = 64 << 20;
+
+impl NotsentLowatSetting {
+    fn bytes(n: i64) -> Result<Self, String> {
+        match u64::try_from(n) {
+            Ok(b @ 1..=MAX_NOTSENT_LOWAT) => Ok(NotsentLowatSetting(Some(b as u32))),
+            _ => Err(format!(
+                "local_notsent_lowat {n} is out of range (1 to {MAX_NOTSENT_LOWAT} bytes, or \"system\")"
+            )),
+        }
+    }
+}
+
+impl FromStr for NotsentLowatSetting {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("system") {
+            return Ok(NotsentLowatSetting(None));
+        }
+        let n = s.trim().parse::<i64>().map_err(|_| {
+            format!("local_notsent_lowat {s:?}: expected a number of bytes or \"system\"")
+        })?;
+        NotsentLowatSetting::bytes(n)
+    }
+}
+
+impl<'de> Deserialize<'de> for NotsentLowatSetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => NotsentLowatSetting::bytes(n),
+            Raw::Text(s) => s.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A port range written `"40000-40100"` or a single port `"40000"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PortRange(pub(crate) RangeInclusive<u16>);
@@ -129,6 +177,7 @@ struct RawServer {
     max_udp_associations: Option<usize>,
     relay: Option<Parsed<RelayMode>>,
     local_congestion: Option<Spanned<String>>,
+    local_notsent_lowat: Option<NotsentLowatSetting>,
     busy_poll: Option<Parsed<BusyPollSetting>>,
 }
 
@@ -240,6 +289,11 @@ pub(crate) struct Overrides {
     /// or "system" to keep the system default everywhere [default: cubic].
     #[arg(long, value_name = "NAME|system")]
     pub(crate) local_congestion: Option<String>,
+    /// Most unsent bytes a tunnel socket whose peer is on this machine (loopback) may hold
+    /// (TCP_NOTSENT_LOWAT), so the relay's writes leave from its own core; "system" keeps
+    /// the system default [default: 16384].
+    #[arg(long, value_name = "BYTES|system")]
+    pub(crate) local_notsent_lowat: Option<NotsentLowatSetting>,
     /// After a tunnel or UDP association moves data, poll this long for more without
     /// sleeping (saves a wake-up per round trip; costs CPU); "0" never; "auto" 50us when
     /// the server runs one worker thread (one CPU or pinned), else off [default: auto].
@@ -557,6 +611,10 @@ fn build(
             Some(name) => Some(name),
             None => Config::default().local_congestion,
         },
+        local_notsent_lowat: match cli.local_notsent_lowat.or(s.local_notsent_lowat) {
+            Some(setting) => setting.0,
+            None => Config::default().local_notsent_lowat,
+        },
         busy_poll: cli
             .busy_poll
             .or(s.busy_poll.map(|b| b.0))
@@ -671,6 +729,26 @@ mod tests {
             parse("[server]\nrelay = \"splice\"\nlocal_congestion = \"cubic; rm\"\n").unwrap_err();
         assert_eq!(err.position.map(|p| p.0), Some(3), "{err}");
         assert!(err.message.contains("congestion control name"), "{err}");
+    }
+
+    #[test]
+    fn local_notsent_lowat_defaults_to_16k_takes_bytes_and_system_turns_it_off() {
+        let default = cfg!(target_os = "linux").then_some(16384);
+        assert_eq!(parse("").unwrap().local_notsent_lowat, default);
+        let c = parse("[server]\nlocal_notsent_lowat = 65536\n").unwrap();
+        assert_eq!(c.local_notsent_lowat, Some(65536));
+        let c = parse("[server]\nlocal_notsent_lowat = \"4096\"\n").unwrap();
+        assert_eq!(c.local_notsent_lowat, Some(4096));
+        let c = parse("[server]\nlocal_notsent_lowat = \"system\"\n").unwrap();
+        assert_eq!(c.local_notsent_lowat, None);
+        for bad in ["0", "-1", "\"16k\"", "100000000"] {
+            let err = parse(&format!(
+                "[server]\nrelay = \"splice\"\nlocal_notsent_lowat = {bad}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(err.position.map(|p| p.0), Some(3), "{bad}: {err}");
+            assert!(err.message.contains("\"system\""), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -13,7 +13,8 @@ use crate::access_log::SessionRecord;
 use crate::error::{Phase, SessionError};
 use crate::resolve::resolve;
 use crate::session::{run_tunnel, Conn};
-use crate::{tcp_tuning, Shared};
+use crate::tcp_tuning::{self, Local};
+use crate::Shared;
 
 pub(crate) async fn handle(
     conn: &mut Conn,
@@ -75,11 +76,7 @@ pub(crate) async fn handle(
         }
     };
     drop(listener);
-    tcp_tuning::tune(
-        &peer,
-        peer_addr.ip(),
-        shared.config.local_congestion.as_deref(),
-    );
+    tcp_tuning::tune(&peer, peer_addr.ip(), Local::of(&shared.config));
     record.resolved = Some(peer_addr);
     conn.send_reply(&Reply {
         rep: Rep::SUCCEEDED,

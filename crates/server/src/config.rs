@@ -10,7 +10,9 @@ use crate::auth::{AuthMethod, Users};
 use crate::busy_poll::{BusyPoll, MAX_BUSY_POLL};
 use crate::relay::RelayMode;
 use crate::rules::{Action, Rules};
-use crate::tcp_tuning::{DEFAULT_LOCAL_CONGESTION, MAX_CONGESTION_NAME};
+use crate::tcp_tuning::{
+    DEFAULT_LOCAL_CONGESTION, DEFAULT_LOCAL_NOTSENT_LOWAT, MAX_CONGESTION_NAME,
+};
 
 /// Deadlines, each documented with its default.
 #[derive(Debug, Clone)]
@@ -99,6 +101,11 @@ pub struct Config {
     /// (loopback); `None` keeps the system default. Default: `cubic`, because a pacing
     /// default such as BBR only costs timers on loopback (see [`crate::tcp_tuning`]).
     pub local_congestion: Option<String>,
+    /// `TCP_NOTSENT_LOWAT` in bytes for tunnel sockets whose peer is on this machine;
+    /// `None` keeps the system default. Default: 16 KiB, so that the relay's writes
+    /// towards a slower local receiver leave from the relay's core rather than from the
+    /// receiver's (see [`crate::tcp_tuning`]).
+    pub local_notsent_lowat: Option<u32>,
     /// How long a tunnel or UDP association polls without sleeping after it moved data,
     /// so that a quick answer is picked up without a wake-up (see [`crate::busy_poll`]);
     /// a zero window turns it off. Default [`BusyPoll::Auto`]: 50 µs when the server runs
@@ -122,6 +129,7 @@ impl Default for Config {
             relay_mode: RelayMode::default(),
             local_congestion: cfg!(target_os = "linux")
                 .then(|| DEFAULT_LOCAL_CONGESTION.to_owned()),
+            local_notsent_lowat: cfg!(target_os = "linux").then_some(DEFAULT_LOCAL_NOTSENT_LOWAT),
             busy_poll: BusyPoll::Auto,
         }
     }

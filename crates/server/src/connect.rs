@@ -12,7 +12,8 @@ use crate::error::{Phase, SessionError};
 use crate::resolve::{connect_any, resolve};
 use crate::rules::{Decision, RuleInput};
 use crate::session::{run_tunnel, Conn};
-use crate::{tcp_tuning, Shared};
+use crate::tcp_tuning::{self, Local};
+use crate::Shared;
 
 pub(crate) async fn handle(
     conn: &mut Conn,
@@ -43,11 +44,7 @@ async fn connect_and_reply(
     let allowed = shared.allowed_targets(conn, Command::CONNECT, &dst, &candidates)?;
     let (target, connected) =
         connect_any(&allowed, deadline.saturating_duration_since(Instant::now())).await?;
-    tcp_tuning::tune(
-        &target,
-        connected.ip(),
-        shared.config.local_congestion.as_deref(),
-    );
+    tcp_tuning::tune(&target, connected.ip(), Local::of(&shared.config));
     record.resolved = Some(connected);
     let bound = target.local_addr()?;
     conn.send_reply(&Reply {

@@ -157,12 +157,11 @@ impl Server {
         config.local_congestion = tcp_tuning::usable(config.local_congestion.take());
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
-            let listener = listen(*addr, config.local_congestion.as_deref()).map_err(|source| {
-                Error::Listen {
+            let listener =
+                listen(*addr, tcp_tuning::Local::of(&config)).map_err(|source| Error::Listen {
                     addr: *addr,
                     source,
-                }
-            })?;
+                })?;
             listeners.push(listener);
         }
         let shared = Arc::new(Shared::new(config));
@@ -238,7 +237,7 @@ impl Server {
 /// sockets IPv6-only so `[::]` and `0.0.0.0` can be listened on side by side.
 fn listen(
     addr: SocketAddr,
-    local_congestion: Option<&str>,
+    local: tcp_tuning::Local<'_>,
 ) -> std::io::Result<(TcpListener, tcp_tuning::Inherited)> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -249,7 +248,7 @@ fn listen(
     socket.bind(&addr.into())?;
     // Before `listen`: a connection the kernel completes takes the listener's options at
     // that moment, whether or not it has been accepted yet.
-    let inherited = tcp_tuning::tune_listener(&socket, addr, local_congestion);
+    let inherited = tcp_tuning::tune_listener(&socket, addr, local);
     socket.listen(1024)?;
     Ok((TcpListener::from_std(socket.into())?, inherited))
 }

@@ -132,7 +132,7 @@ pub(crate) fn run(
         tcp_tuning::tune_accepted(
             &conn.stream,
             conn.client.ip(),
-            shared.config.local_congestion.as_deref(),
+            tcp_tuning::Local::of(&shared.config),
             inherited,
         );
         let result = drive(&mut conn, &shared, &mut record, handshake_permit).await;

@@ -392,3 +392,89 @@ async fn loopback_tunnels_use_the_local_congestion_control_and_system_keeps_the_
         assert_eq!(outbound, [expected], "target side, setting {setting:?}");
     }
 }
+
+/// The unsent bytes (`notsent:N`, absent when none) `ss` reports for each established
+/// socket matching `filter`.
+#[cfg(target_os = "linux")]
+fn notsent_seen_by_ss(filter: &str) -> Vec<u64> {
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "established", filter])
+        .output()
+        .expect("ss (iproute2) runs; scripts/test-all installs it");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(char::is_whitespace))
+        .map(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("notsent:"))
+                .map_or(0, |n| n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// With `local_notsent_lowat`, the relay's socket towards a loopback target that stops
+/// reading holds at most about that much unsent data (the kernel stops taking writes once
+/// it is reached, so one write can overshoot by a segment); without it, the kernel keeps
+/// taking the client's bytes into that socket's send buffer.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn loopback_tunnels_keep_little_unsent_data_towards_a_stalled_target() {
+    const LOWAT: u32 = 16 * 1024;
+    // The limit plus one 64 KiB loopback segment's worth of overshoot, and some slack.
+    const MOST_WITH_LOWAT: u64 = LOWAT as u64 + 96 * 1024;
+    let mut unsent = Vec::new();
+    for setting in [Some(LOWAT), None] {
+        // A target that accepts and never reads: its receive buffer fills, then the
+        // relay's socket towards it keeps whatever it has not sent.
+        let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        let held = tokio::spawn(async move { target.accept().await.unwrap().0 });
+        let mut config = test_config();
+        config.local_notsent_lowat = setting;
+        let server = spawn_server(config).await;
+        let mut c = RawClient::connect(server.addr).await;
+        c.greet_no_auth().await;
+        c.send(&request(Command::CONNECT, &target_addr.to_string()))
+            .await;
+        assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+        let target_side = held.await.unwrap();
+        // Writes until everything between here and the target is full: a write that
+        // waits 300 ms. A bound in bytes too, far above what the buffers on the way hold.
+        let chunk = vec![7u8; 64 * 1024];
+        let mut stream = c.stream;
+        let mut stalled = false;
+        for _ in 0..4096 {
+            let write = tokio::time::timeout(Duration::from_millis(300), stream.write_all(&chunk));
+            if write.await.is_err() {
+                stalled = true;
+                break;
+            }
+        }
+        assert!(
+            stalled,
+            "256 MiB went into a tunnel whose target reads nothing"
+        );
+        let filter = format!("( dport = :{} )", target_addr.port());
+        let seen = notsent_seen_by_ss(&filter);
+        assert_eq!(
+            seen.len(),
+            1,
+            "one relay socket towards the target: {seen:?}"
+        );
+        unsent.push(seen[0]);
+        eprintln!("local_notsent_lowat {setting:?}: {} bytes unsent", seen[0]);
+        drop((stream, target_side));
+        server.shutdown().await;
+    }
+    assert!(
+        unsent[0] <= MOST_WITH_LOWAT,
+        "with the limit, {} bytes unsent",
+        unsent[0]
+    );
+    // The same check would pass without the option if the kernel never queued more.
+    assert!(
+        unsent[1] > MOST_WITH_LOWAT,
+        "without the limit only {} bytes unsent",
+        unsent[1]
+    );
+}
