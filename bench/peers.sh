@@ -5,7 +5,8 @@
 #   bench/peers.sh --quick    # about 3 minutes: 1 s per measurement, 3000 idle tunnels
 #
 # Installs Debian's dante-server, microsocks, haproxy and nginx (with its stream
-# module) when missing (as root, apt-get; nginx's own service is not started),
+# module), and iperf3 and proxychains4 (a second load generator for the TCP throughput
+# rows) when missing (as root, apt-get; nginx's and iperf3's services are not started),
 # builds ferrosocks in release mode, and runs `ferrosocks bench peers`, which
 # starts danted, microsocks, HAProxy and nginx (plain forwarders: HAProxy for the
 # TCP rows, nginx for TCP and UDP) and `ferrosocks serve` on free loopback ports
@@ -27,6 +28,8 @@ command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || missing+=(haproxy
 command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 [[ -e /usr/lib/nginx/modules/ngx_stream_module.so ]] || missing+=(libnginx-mod-stream)
 command -v taskset >/dev/null || missing+=(util-linux)
+command -v iperf3 >/dev/null || missing+=(iperf3)
+command -v proxychains4 >/dev/null || missing+=(proxychains4)
 if ((${#missing[@]})); then
   if ((EUID != 0)); then
     echo "bench/peers.sh: need root to install ${missing[*]} (apt-get)" >&2
@@ -54,7 +57,7 @@ if ((${#missing[@]})); then
     for package in "${missing[@]}"; do
       case $package in
         dante-server) service=danted ;;
-        haproxy | nginx) service=$package ;;
+        haproxy | nginx | iperf3) service=$package ;;
         *) continue ;;
       esac
       systemctl disable "$service" >/dev/null 2>&1 || true

@@ -9,6 +9,8 @@
 //! - `udp.rs`: `udp` (UDP ASSOCIATE, window or rate).
 //! - `report.rs`: the table, the JSON file, medians and ratios, the SVG chart.
 //! - `peers.rs`: `bench peers`, direct / Dante / microsocks / ferrosocks side by side.
+//! - `iperf3.rs`: the TCP throughput rows of `bench peers` once more, by iperf3 (taken
+//!   through SOCKS by proxychains).
 //!
 //! # Correctness before speed
 //! Every byte is counted on both ends and the counts must match; echoed payloads carry a
@@ -16,6 +18,7 @@
 //! failure reply ends the run with an error naming the REP code. Every load stops at
 //! `--duration` or `--count`, whichever comes first.
 
+mod iperf3;
 pub(crate) mod peers;
 mod report;
 mod tcp;

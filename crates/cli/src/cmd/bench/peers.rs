@@ -24,6 +24,7 @@ use clap::Args;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
+use super::iperf3;
 use super::report::{self, Row, NOT_APPLICABLE};
 use super::{RunReport, LOOPBACK, TARGETS};
 
@@ -44,7 +45,7 @@ pub(crate) struct PeersArgs {
     /// Contenders, in the order they run within a repetition.
     #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "dante".into(), "microsocks".into(), "haproxy".into(), "nginx".into(), "ferrosocks".into()])]
     pub(crate) contenders: Vec<String>,
-    /// Cases to run: throughput, connrate, latency, udp, idle (default: all).
+    /// Cases to run: throughput, iperf3, connrate, latency, udp, idle (default: all).
     #[arg(long, value_delimiter = ',')]
     pub(crate) scenarios: Vec<String>,
     /// The ferrosocks binary to serve with [default: this executable].
@@ -68,6 +69,12 @@ pub(crate) struct PeersArgs {
     /// nginx's stream module, loaded when this file exists (Debian's libnginx-mod-stream).
     #[arg(long, default_value = "/usr/lib/nginx/modules/ngx_stream_module.so")]
     pub(crate) nginx_stream_module: PathBuf,
+    /// iperf3, the second generator of the TCP throughput rows (`iperf3` cases).
+    #[arg(long, default_value = "iperf3")]
+    pub(crate) iperf3: String,
+    /// proxychains-ng, which takes iperf3 through each SOCKS server.
+    #[arg(long, default_value = "proxychains4")]
+    pub(crate) proxychains: String,
     /// The core the proxies are pinned to.
     #[arg(long, default_value_t = 1)]
     pub(crate) proxy_cpu: usize,
@@ -82,64 +89,87 @@ pub(crate) struct PeersArgs {
     pub(crate) svg: PathBuf,
 }
 
-/// One case: a name and the `ferrosocks bench` arguments that run it.
+/// One case: a name and the load that runs it.
 struct Case {
     name: &'static str,
     scenario: &'static str,
-    args: Vec<String>,
+    load: Load,
+}
+
+enum Load {
+    /// `ferrosocks bench` with these arguments.
+    Generator(Vec<String>),
+    /// iperf3 (see `iperf3.rs`).
+    Iperf3 { streams: usize, reverse: bool },
 }
 
 fn cases(a: &PeersArgs, tunnels: usize) -> Vec<Case> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-    let all = vec![
+    let mut all = vec![
         Case {
             name: "tcp 1 up",
             scenario: "throughput",
-            args: s(&["throughput", "--streams", "1", "--direction", "up"]),
+            load: Load::Generator(s(&["throughput", "--streams", "1", "--direction", "up"])),
         },
         Case {
             name: "tcp 1 down",
             scenario: "throughput",
-            args: s(&["throughput", "--streams", "1", "--direction", "down"]),
+            load: Load::Generator(s(&["throughput", "--streams", "1", "--direction", "down"])),
         },
         Case {
             name: "tcp 8 up",
             scenario: "throughput",
-            args: s(&["throughput", "--streams", "8", "--direction", "up"]),
+            load: Load::Generator(s(&["throughput", "--streams", "8", "--direction", "up"])),
         },
         Case {
             name: "tcp 8 down",
             scenario: "throughput",
-            args: s(&["throughput", "--streams", "8", "--direction", "down"]),
+            load: Load::Generator(s(&["throughput", "--streams", "8", "--direction", "down"])),
         },
+    ];
+    // The same four rows by iperf3, a generator that is not ours (two processes).
+    all.extend(
+        [
+            ("iperf3 1 up", 1, false),
+            ("iperf3 1 down", 1, true),
+            ("iperf3 8 up", 8, false),
+            ("iperf3 8 down", 8, true),
+        ]
+        .map(|(name, streams, reverse)| Case {
+            name,
+            scenario: "iperf3",
+            load: Load::Iperf3 { streams, reverse },
+        }),
+    );
+    all.extend([
         Case {
             name: "connrate",
             scenario: "connrate",
-            args: s(&["connrate", "--workers", "8"]),
+            load: Load::Generator(s(&["connrate", "--workers", "8"])),
         },
         Case {
             name: "latency",
             scenario: "latency",
-            args: s(&["latency", "--size", "32"]),
+            load: Load::Generator(s(&["latency", "--size", "32"])),
         },
         Case {
             name: "udp",
             scenario: "udp",
-            args: s(&["udp", "--size", "512", "--window", "64"]),
+            load: Load::Generator(s(&["udp", "--size", "512", "--window", "64"])),
         },
         // The same datagrams at a fixed rate that direct sustains without loss: what a
         // relay loses or keeps up with (the field report in the seeds lost packets).
         Case {
             name: "udp rate",
             scenario: "udp",
-            args: s(&["udp", "--size", "512", "--rate", "150000"]),
+            load: Load::Generator(s(&["udp", "--size", "512", "--rate", "150000"])),
         },
         Case {
             name: "idle",
             scenario: "idle",
-            args: vec!["idle".into(), "--tunnels".into(), tunnels.to_string()],
+            load: Load::Generator(vec!["idle".into(), "--tunnels".into(), tunnels.to_string()]),
         },
-    ];
+    ]);
     all.into_iter()
         .filter(|c| a.scenarios.is_empty() || a.scenarios.iter().any(|s| s == c.scenario))
         .collect()
@@ -415,7 +445,7 @@ fn summarize(raw: &[Raw], cases: &[Case], contenders: &[String], reps: usize) ->
     rows
 }
 
-/// Runs one case in a fresh generator process pinned to the generator core.
+/// Runs one case: a fresh generator process pinned to the generator core, or iperf3.
 async fn measure(
     a: &PeersArgs,
     me: &Path,
@@ -425,6 +455,12 @@ async fn measure(
     duration: Duration,
     work: &Path,
 ) -> anyhow::Result<RunReport> {
+    let args = match &case.load {
+        Load::Generator(args) => args,
+        &Load::Iperf3 { streams, reverse } => {
+            return measure_iperf3(a, streams, reverse, proxy, forward, duration, work).await
+        }
+    };
     let json = work.join("measure.json");
     let _ = std::fs::remove_file(&json);
     let mut cmd = Command::new("taskset");
@@ -432,7 +468,7 @@ async fn measure(
         .arg(a.generator_cpu.to_string())
         .arg(me)
         .arg("bench")
-        .args(&case.args)
+        .args(args)
         .arg("--duration")
         .arg(format!("{}ms", duration.as_millis()))
         .arg("--json")
@@ -478,6 +514,39 @@ async fn measure(
     Ok(serde_json::from_str(&text)?)
 }
 
+/// One iperf3 case: its one-off server on the generator's core, on the forwarder's first
+/// target port when `forward` names one (a forwarder maps its port to that one), else on
+/// a free port.
+async fn measure_iperf3(
+    a: &PeersArgs,
+    streams: usize,
+    reverse: bool,
+    proxy: Option<&Proxy>,
+    forward: Option<u16>,
+    duration: Duration,
+    work: &Path,
+) -> anyhow::Result<RunReport> {
+    let route = match (proxy, forward) {
+        (None, _) => iperf3::Route::Direct,
+        (Some(p), Some(_)) => iperf3::Route::Forward(p.addr),
+        (Some(p), None) => iperf3::Route::Socks(p.addr),
+    };
+    let run = iperf3::Run {
+        iperf3: &a.iperf3,
+        proxychains: &a.proxychains,
+        cpu: a.generator_cpu,
+        server_port: match forward {
+            Some(targets_port) => targets_port,
+            None => free_port()?,
+        },
+        route,
+        streams,
+        reverse,
+        duration,
+    };
+    iperf3::measure(&run, work).await
+}
+
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind(LOOPBACK)?;
     Ok(l.local_addr()?.port())
@@ -501,9 +570,8 @@ fn is_forwarder(contender: &str) -> bool {
 /// Whether `contender` can run `scenario`, and why not.
 fn applies(contender: &str, scenario: &str) -> Result<(), &'static str> {
     match (contender, scenario) {
-        ("haproxy", "throughput" | "latency") | ("nginx", "throughput" | "latency" | "udp") => {
-            Ok(())
-        }
+        ("haproxy", "throughput" | "iperf3" | "latency")
+        | ("nginx", "throughput" | "iperf3" | "latency" | "udp") => Ok(()),
         ("haproxy", _) => {
             Err("HAProxy runs as a plain TCP forwarder here: no SOCKS handshake, no UDP")
         }
@@ -802,6 +870,8 @@ fn machine() -> BTreeMap<&'static str, String> {
             "haproxy",
             "nginx",
             "libnginx-mod-stream",
+            "iperf3",
+            "proxychains4",
         ])
         .output()
     {
@@ -860,7 +930,7 @@ mod tests {
 
     #[test]
     fn forwarders_run_only_what_a_plain_forwarder_can() {
-        for scenario in ["throughput", "latency"] {
+        for scenario in ["throughput", "iperf3", "latency"] {
             assert!(applies("haproxy", scenario).is_ok());
             assert!(applies("nginx", scenario).is_ok());
         }
@@ -870,7 +940,7 @@ mod tests {
             assert!(applies("haproxy", scenario).is_err());
             assert!(applies("nginx", scenario).is_err());
         }
-        for scenario in ["throughput", "connrate", "latency", "udp", "idle"] {
+        for scenario in ["throughput", "iperf3", "connrate", "latency", "udp", "idle"] {
             assert!(applies("ferrosocks", scenario).is_ok());
             assert!(applies("dante", scenario).is_ok());
         }

@@ -305,3 +305,75 @@ fn proxy_urls() {
     assert_eq!(parse_proxy("localhost:9").unwrap().0.port(), 9);
     assert!(parse_proxy("192.0.2.1:1080").is_err(), "only loopback");
 }
+
+/// `bench peers`' second generator: iperf3 straight, through ferrosocks by proxychains,
+/// and through a plain forwarder, each run checked (inside `iperf3::measure`) to have
+/// connected where it should. Needs iperf3, proxychains4 and taskset (scripts/test-all
+/// installs them).
+#[tokio::test]
+async fn iperf3_runs_direct_through_socks_and_through_a_forwarder() {
+    let server = spawn_server(test_config()).await;
+    let work = std::env::temp_dir().join(format!("ferrosocks-iperf3-test-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let listen = peers::port_block(2 * TARGETS).unwrap();
+    spawn_forwarder(listen, listen + TARGETS).await;
+    let free = || {
+        std::net::TcpListener::bind(LOOPBACK)
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let forwarder = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen);
+    let runs = [
+        (iperf3::Route::Direct, free(), 1, false),
+        (iperf3::Route::Socks(server.addr), free(), 2, false),
+        (iperf3::Route::Socks(server.addr), free(), 1, true),
+        // The forwarder takes its first port to the targets' first, where the server is.
+        (
+            iperf3::Route::Forward(forwarder),
+            listen + TARGETS,
+            1,
+            false,
+        ),
+    ];
+    for &(route, server_port, streams, reverse) in &runs {
+        let run = iperf3::Run {
+            iperf3: "iperf3",
+            proxychains: "proxychains4",
+            cpu: 0,
+            server_port,
+            route,
+            streams,
+            reverse,
+            duration: Duration::from_secs(1),
+        };
+        let report = with_deadline(iperf3::measure(&run, &work))
+            .await
+            .unwrap_or_else(|e| panic!("{route:?}: {e:#}"));
+        let record = &report.records[0];
+        assert_eq!(record.case, iperf3::case_name(streams, reverse));
+        assert!(record.value > 0.0, "{route:?}: {record:?}");
+        assert!(record.detail["bytes"].as_u64().unwrap() > 0, "{record:?}");
+    }
+    // ferrosocks relayed the SOCKS runs' connections (each run's control connection and
+    // its data streams, 3 and 2) and no other.
+    let socks_ports = [&runs[1], &runs[2]].map(|r| r.1);
+    with_deadline(async {
+        while server.log.lines().len() < 5 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let lines = server.log.lines();
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    for (port, count) in socks_ports.into_iter().zip([3, 2]) {
+        let target = format!("\"target\":\"127.0.0.1:{port}\"");
+        assert_eq!(
+            lines.iter().filter(|l| l.contains(&target)).count(),
+            count,
+            "{lines:#?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
