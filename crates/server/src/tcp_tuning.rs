@@ -22,7 +22,7 @@
 //! proxy sent to the target left from the target's core. With a small limit the socket
 //! holds little unsent data, the relay is woken to write more as the window opens, and
 //! its writes leave from its own core: an upload of 8 streams through the proxy went from
-//! ~18 to ~27 Gbit/s (README, Performance). For other peers the transmit runs where the
+//! 18.5–23.2 to 28.6–31.6 Gbit/s (README, Performance). For other peers the transmit runs where the
 //! network card's interrupts do anyway, and a larger queue rides out the relay's wake-up
 //! latency on fast long links, so they keep the system's choice.
 
@@ -39,7 +39,8 @@ use tokio::net::TcpStream;
 pub const DEFAULT_LOCAL_CONGESTION: &str = "cubic";
 
 /// The `TCP_NOTSENT_LOWAT` loopback tunnel sockets get unless configured otherwise (on
-/// Linux), in bytes. 16 KiB measured best of 16, 64 and 128 KiB (README, Performance).
+/// Linux), in bytes. 16 KiB measured as fast as or faster than 64 KiB (`ferrosocks bench`)
+/// and 128 KiB (iperf3) in interleaved runs (README, Performance).
 pub const DEFAULT_LOCAL_NOTSENT_LOWAT: u32 = 16 * 1024;
 
 /// Longest congestion control name Linux accepts (`TCP_CA_NAME_MAX` less the NUL).

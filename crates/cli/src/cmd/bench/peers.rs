@@ -33,7 +33,7 @@ pub(crate) struct PeersArgs {
     /// Repetitions; each runs every contender once per case, interleaved.
     #[arg(long, default_value_t = 3)]
     pub(crate) reps: usize,
-    /// A shorter run (about 2 minutes): 1 s per measurement and 3000 idle tunnels.
+    /// A shorter run: 1 s per measurement and 3000 idle tunnels.
     #[arg(long)]
     pub(crate) quick: bool,
     /// Time per measurement [default: 3s, 1s with --quick].
