@@ -49,7 +49,7 @@ impl FromStr for BusyPollSetting {
 }
 
 /// `local_notsent_lowat`: a number of bytes (a TOML integer or a string of digits), or
-/// `"system"` for the system's default.
+/// `"system"` (or 0, which is what the kernel takes for it) for the system's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NotsentLowatSetting(pub(crate) Option<u32>);
 
@@ -59,9 +59,10 @@ const MAX_NOTSENT_LOWAT: u64 = 64 << 20;
 impl NotsentLowatSetting {
     fn bytes(n: i64) -> Result<Self, String> {
         match u64::try_from(n) {
+            Ok(0) => Ok(NotsentLowatSetting(None)),
             Ok(b @ 1..=MAX_NOTSENT_LOWAT) => Ok(NotsentLowatSetting(Some(b as u32))),
             _ => Err(format!(
-                "local_notsent_lowat {n} is out of range (1 to {MAX_NOTSENT_LOWAT} bytes, or \"system\")"
+                "local_notsent_lowat {n} is out of range (1 to {MAX_NOTSENT_LOWAT} bytes, or 0 or \"system\" for the system's default)"
             )),
         }
     }
@@ -70,10 +71,11 @@ impl NotsentLowatSetting {
 impl FromStr for NotsentLowatSetting {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
         if s.eq_ignore_ascii_case("system") {
             return Ok(NotsentLowatSetting(None));
         }
-        let n = s.trim().parse::<i64>().map_err(|_| {
+        let n = s.parse::<i64>().map_err(|_| {
             format!("local_notsent_lowat {s:?}: expected a number of bytes or \"system\"")
         })?;
         NotsentLowatSetting::bytes(n)
@@ -289,9 +291,9 @@ pub(crate) struct Overrides {
     /// or "system" to keep the system default everywhere [default: cubic].
     #[arg(long, value_name = "NAME|system")]
     pub(crate) local_congestion: Option<String>,
-    /// Most unsent bytes a tunnel socket whose peer is on this machine (loopback) may hold
-    /// (TCP_NOTSENT_LOWAT), so the relay's writes leave from its own core; "system" keeps
-    /// the system default [default: 16384].
+    /// Unsent bytes at which a tunnel socket whose peer is on this machine (loopback)
+    /// stops taking the relay's writes (TCP_NOTSENT_LOWAT), so they leave from the relay's
+    /// own core; "system" or 0 keeps the system default [default: 16384].
     #[arg(long, value_name = "BYTES|system")]
     pub(crate) local_notsent_lowat: Option<NotsentLowatSetting>,
     /// After a tunnel or UDP association moves data, poll this long for more without
@@ -739,9 +741,11 @@ mod tests {
         assert_eq!(c.local_notsent_lowat, Some(65536));
         let c = parse("[server]\nlocal_notsent_lowat = \"4096\"\n").unwrap();
         assert_eq!(c.local_notsent_lowat, Some(4096));
-        let c = parse("[server]\nlocal_notsent_lowat = \"system\"\n").unwrap();
-        assert_eq!(c.local_notsent_lowat, None);
-        for bad in ["0", "-1", "\"16k\"", "100000000"] {
+        for system in ["\"system\"", "\" System \"", "0", "\"0\""] {
+            let c = parse(&format!("[server]\nlocal_notsent_lowat = {system}\n")).unwrap();
+            assert_eq!(c.local_notsent_lowat, None, "{system}");
+        }
+        for bad in ["-1", "\"16k\"", "100000000"] {
             let err = parse(&format!(
                 "[server]\nrelay = \"splice\"\nlocal_notsent_lowat = {bad}\n"
             ))

@@ -155,6 +155,9 @@ impl Server {
     pub async fn bind(mut config: Config) -> Result<Server, Error> {
         config.validate()?;
         config.local_congestion = tcp_tuning::usable(config.local_congestion.take());
+        if !cfg!(target_os = "linux") && config.local_notsent_lowat.take().is_some() {
+            tracing::warn!("local_notsent_lowat is applied on Linux only; ignored here");
+        }
         let mut listeners = Vec::with_capacity(config.listen.len());
         for addr in &config.listen {
             let listener =

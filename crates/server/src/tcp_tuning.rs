@@ -86,8 +86,8 @@ pub(crate) struct Inherited {
 
 /// Sets on a listening socket, bound to `addr` and not yet listening, what Linux copies to
 /// every socket it accepts: `TCP_NODELAY` and, on a loopback listener (every client of
-/// which is on this machine), the congestion control and `TCP_NOTSENT_LOWAT`. Three
-/// `setsockopt` calls per session fewer, out of about 29.
+/// which is on this machine), the congestion control and `TCP_NOTSENT_LOWAT`: three
+/// `setsockopt` calls per session fewer.
 pub(crate) fn tune_listener(
     socket: &socket2::Socket,
     addr: std::net::SocketAddr,
@@ -262,8 +262,10 @@ mod tests {
         (client, server, peer)
     }
 
-    /// reno is built into every kernel and allowed to every user.
-    const RENO: Local<'static> = Local {
+    /// Options a socket would not have by chance: reno (built into every kernel and
+    /// allowed to every user) and an odd limit.
+    #[cfg(target_os = "linux")]
+    const LOCAL: Local<'static> = Local {
         congestion: Some("reno"),
         notsent_lowat: Some(12345),
     };
@@ -272,7 +274,7 @@ mod tests {
     #[tokio::test]
     async fn a_loopback_socket_gets_the_local_options() {
         let (client, server, peer) = loopback_pair().await;
-        tune(&server, peer.ip(), RENO);
+        tune(&server, peer.ip(), LOCAL);
         assert_eq!(congestion_of(&server).unwrap(), "reno");
         assert_eq!(notsent_lowat_of(&server).unwrap(), 12345);
         assert!(server.nodelay().unwrap());
@@ -334,7 +336,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn accepted_sockets_inherit_what_the_listener_was_given() {
-        let (listener, inherited) = test_listener("127.0.0.1:0", RENO).unwrap();
+        let (listener, inherited) = test_listener("127.0.0.1:0", LOCAL).unwrap();
         assert_eq!(
             inherited,
             Inherited {
@@ -350,17 +352,40 @@ mod tests {
         assert!(accepted.nodelay().unwrap());
         assert_eq!(congestion_of(&accepted).unwrap(), "reno");
         assert_eq!(notsent_lowat_of(&accepted).unwrap(), 12345);
-        // Nothing is set again, and nothing is undone.
-        tune_accepted(&accepted, peer.ip(), RENO, inherited);
+        // Nothing is set again: told other values, the socket keeps the inherited ones.
+        let other = Local {
+            congestion: Some("cubic"),
+            notsent_lowat: Some(999),
+        };
+        tune_accepted(&accepted, peer.ip(), other, inherited);
         assert_eq!(congestion_of(&accepted).unwrap(), "reno");
         assert_eq!(notsent_lowat_of(&accepted).unwrap(), 12345);
+    }
+
+    /// A listener that cannot pass the options on still gets each loopback socket its own.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn sockets_from_a_listener_on_any_address_get_the_local_options_one_by_one() {
+        let only_lowat = Local {
+            congestion: None,
+            notsent_lowat: Some(4321),
+        };
+        let (listener, inherited) = test_listener("0.0.0.0:0", only_lowat).unwrap();
+        assert!(inherited.congestion, "nothing to set");
+        assert!(!inherited.notsent_lowat);
+        let port = listener.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let (accepted, peer) = listener.accept().await.unwrap();
+        assert_ne!(notsent_lowat_of(&accepted).unwrap(), 4321);
+        tune_accepted(&accepted, peer.ip(), only_lowat, inherited);
+        assert_eq!(notsent_lowat_of(&accepted).unwrap(), 4321);
     }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_listener_on_another_address_leaves_the_local_options_to_each_socket() {
         // [::] accepts from anywhere, so its sockets are tuned one by one.
-        let Ok((_listener, inherited)) = test_listener("[::]:0", RENO) else {
+        let Ok((_listener, inherited)) = test_listener("[::]:0", LOCAL) else {
             return; // no IPv6 on this host
         };
         assert!(!inherited.congestion);

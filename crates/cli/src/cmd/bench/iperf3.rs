@@ -4,13 +4,16 @@
 //! plain forwarder by connecting to it, and straight to the iperf3 server for direct.
 //!
 //! Our own generator runs its writer and its reader on one thread; iperf3's client and
-//! server are two processes (pinned to the same core), as most users' programs are. The
-//! ratios against direct differ between the two (see the README), so both are published.
+//! server are two processes, as most users' programs are (here both pinned to the
+//! generator's core). The ratios against direct differ between the two (see the README),
+//! so both are published.
 //!
 //! Every measurement starts its own one-off server (`iperf3 -s -1`), so a failed run
-//! cannot leave a server behind to answer the next one. That the traffic really crossed
-//! the relay is checked from iperf3's own report: every connection it made must have the
-//! relay's port as its peer.
+//! cannot leave a server behind to answer the next one. Through proxychains, that the
+//! traffic really crossed the relay is checked from iperf3's own report: every connection
+//! it made must have the relay's port as its peer (a connection that proxychains let
+//! through directly would show the server's). iperf3 takes whole seconds, so the duration
+//! is rounded; the report's own `seconds` are recorded with each figure.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -85,7 +88,7 @@ pub(super) async fn measure(run: &Run<'_>, work: &Path) -> anyhow::Result<RunRep
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting the iperf3 server ({})", run.iperf3))?;
-    wait_listening(&mut server, at).await?;
+    wait_listening(&mut server, run.server_port).await?;
 
     let mut client = Command::new("taskset");
     client.arg("-c").arg(run.cpu.to_string());
@@ -195,20 +198,35 @@ pub(super) fn record(
     })))
 }
 
-/// Waits (5 s at most) until the server has bound its port: a bind of our own there
-/// then fails. A connection would not do: the one-off server would take it for its test.
-async fn wait_listening(server: &mut tokio::process::Child, at: SocketAddr) -> anyhow::Result<()> {
+/// Waits (5 s at most) until the server listens on `port` (IPv4 loopback, as `-B`
+/// asks): its socket shows in `/proc/net/tcp` in the LISTEN state. A connection would not
+/// do (the one-off server would take it for its test), nor a bind of our own (landing
+/// between iperf3's bind and listen, it would make iperf3's listen fail).
+async fn wait_listening(server: &mut tokio::process::Child, port: u16) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(Some(status)) = server.try_wait() {
             bail!("the iperf3 server exited: {status}");
         }
-        if std::net::TcpListener::bind(at).is_err() {
+        let table = std::fs::read_to_string("/proc/net/tcp").context("reading /proc/net/tcp")?;
+        if listens(&table, port) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    bail!("the iperf3 server does not listen on {at} after 5 s")
+    bail!("the iperf3 server does not listen on 127.0.0.1:{port} after 5 s")
+}
+
+/// Whether `/proc/net/tcp` text has a socket listening on 127.0.0.1:`port`: a line whose
+/// local address is `0100007F:PPPP` (hex, the address in the kernel's byte order) and
+/// whose state is `0A` (LISTEN).
+fn listens(table: &str, port: u16) -> bool {
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace().skip(1);
+        let (address, state) = (fields.next(), fields.nth(1));
+        address == Some(local.as_str()) && state == Some("0A")
+    })
 }
 
 #[cfg(test)]
@@ -258,6 +276,25 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.to_string(), "iperf3: unable to connect to server");
+    }
+
+    #[test]
+    fn a_listening_socket_is_found_in_proc_net_tcp() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:B0A1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:B0A1 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+";
+        assert!(listens(table, 0xB0A1));
+        // Established, not listening.
+        assert!(!listens(table, 0x1F90));
+        assert!(!listens(table, 80));
+        // The real table, with a listener of our own.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listens(
+            &std::fs::read_to_string("/proc/net/tcp").unwrap(),
+            port
+        ));
     }
 
     #[test]

@@ -516,7 +516,7 @@ async fn measure(
 
 /// One iperf3 case: its one-off server on the generator's core, on the forwarder's first
 /// target port when `forward` names one (a forwarder maps its port to that one), else on
-/// a free port.
+/// a free port below the ephemeral range (see [`port_block`]).
 async fn measure_iperf3(
     a: &PeersArgs,
     streams: usize,
@@ -537,7 +537,7 @@ async fn measure_iperf3(
         cpu: a.generator_cpu,
         server_port: match forward {
             Some(targets_port) => targets_port,
-            None => free_port()?,
+            None => port_block(1)?,
         },
         route,
         streams,
@@ -547,7 +547,7 @@ async fn measure_iperf3(
     iperf3::measure(&run, work).await
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind(LOOPBACK)?;
     Ok(l.local_addr()?.port())
 }
@@ -851,6 +851,10 @@ fn machine() -> BTreeMap<&'static str, String> {
     // `local_congestion` (default cubic) on loopback, so a reader can tell the two apart.
     if let Ok(cc) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control") {
         m.insert("tcp_congestion_control", cc.trim().to_string());
+    }
+    // Likewise for unsent data (`local_notsent_lowat`, default 16384, on ferrosocks' side).
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_notsent_lowat") {
+        m.insert("tcp_notsent_lowat", v.trim().to_string());
     }
     if let Ok(mem) = std::fs::read_to_string("/proc/meminfo") {
         if let Some(l) = mem.lines().find(|l| l.starts_with("MemTotal")) {

@@ -309,7 +309,8 @@ fn proxy_urls() {
 /// `bench peers`' second generator: iperf3 straight, through ferrosocks by proxychains,
 /// and through a plain forwarder, each run checked (inside `iperf3::measure`) to have
 /// connected where it should. Needs iperf3, proxychains4 and taskset (scripts/test-all
-/// installs them).
+/// installs them; without them it fails, as the Dante tests do without danted) and CPU 0
+/// in this process's CPU set.
 #[tokio::test]
 async fn iperf3_runs_direct_through_socks_and_through_a_forwarder() {
     let server = spawn_server(test_config()).await;
@@ -317,13 +318,7 @@ async fn iperf3_runs_direct_through_socks_and_through_a_forwarder() {
     std::fs::create_dir_all(&work).unwrap();
     let listen = peers::port_block(2 * TARGETS).unwrap();
     spawn_forwarder(listen, listen + TARGETS).await;
-    let free = || {
-        std::net::TcpListener::bind(LOOPBACK)
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
+    let free = || peers::free_port().unwrap();
     let forwarder = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), listen);
     let runs = [
         (iperf3::Route::Direct, free(), 1, false),
