@@ -120,6 +120,15 @@ pub(crate) fn run(
     inherited: tcp_tuning::Inherited,
 ) -> impl std::future::Future<Output = ()> + Send {
     let started = Instant::now();
+    // Here rather than in the future, which would keep `inherited` for the tunnel's whole
+    // life. From a loopback listener this sets nothing (it was all inherited); elsewhere
+    // only a loopback client's socket gets a call or two.
+    tcp_tuning::tune_accepted(
+        &stream,
+        client.ip(),
+        tcp_tuning::Local::of(&shared.config),
+        inherited,
+    );
     let mut record = SessionRecord::new(client);
     let mut conn = Conn {
         stream,
@@ -129,12 +138,6 @@ pub(crate) fn run(
         user: None,
     };
     async move {
-        tcp_tuning::tune_accepted(
-            &conn.stream,
-            conn.client.ip(),
-            tcp_tuning::Local::of(&shared.config),
-            inherited,
-        );
         let result = drive(&mut conn, &shared, &mut record, handshake_permit).await;
         let linger = if let Err(error) = &result {
             if let Some(code) = rep(error) {
