@@ -343,11 +343,9 @@ async fn bulk_round(mode: RelayMode, busy_poll: Duration) {
     );
 }
 
-/// The congestion control `ss` reports for the established sockets matching `filter`: on
-/// each socket's info line, the word before the first `key:value` field (it follows flags
-/// such as `ts` and `sack`).
+/// The info line `ss -ti` prints for each established socket matching `filter`.
 #[cfg(target_os = "linux")]
-fn congestion_seen_by_ss(filter: &str) -> Vec<String> {
+fn ss_info_lines(filter: &str) -> Vec<String> {
     let out = std::process::Command::new("ss")
         .args(["-tinH", "state", "established", filter])
         .output()
@@ -355,6 +353,17 @@ fn congestion_seen_by_ss(filter: &str) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.starts_with(char::is_whitespace))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The congestion control `ss` reports for the established sockets matching `filter`: on
+/// each socket's info line, the word before the first `key:value` field (it follows flags
+/// such as `ts` and `sack`).
+#[cfg(target_os = "linux")]
+fn congestion_seen_by_ss(filter: &str) -> Vec<String> {
+    ss_info_lines(filter)
+        .iter()
         .filter_map(|l| {
             l.split_whitespace()
                 .take_while(|w| !w.contains(':'))
@@ -397,13 +406,8 @@ async fn loopback_tunnels_use_the_local_congestion_control_and_system_keeps_the_
 /// socket matching `filter`.
 #[cfg(target_os = "linux")]
 fn notsent_seen_by_ss(filter: &str) -> Vec<u64> {
-    let out = std::process::Command::new("ss")
-        .args(["-tinH", "state", "established", filter])
-        .output()
-        .expect("ss (iproute2) runs; scripts/test-all installs it");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with(char::is_whitespace))
+    ss_info_lines(filter)
+        .iter()
         .map(|l| {
             l.split_whitespace()
                 .find_map(|w| w.strip_prefix("notsent:"))
