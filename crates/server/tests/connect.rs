@@ -9,6 +9,16 @@ use tokio::net::TcpListener;
 
 use crate::request;
 
+/// A client with a tunnel to `dst` open through the server at `server_addr`.
+async fn tunnel(server_addr: std::net::SocketAddr, dst: &str) -> RawClient {
+    let mut c = RawClient::connect(server_addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::CONNECT, dst)).await;
+    let reply = c.recv_reply().await;
+    assert_eq!(reply.rep, Rep::SUCCEEDED, "{reply:?}");
+    c
+}
+
 async fn connect_and_echo(server_addr: std::net::SocketAddr, dst: &str) -> ferrosocks_proto::Reply {
     let mut c = RawClient::connect(server_addr).await;
     c.greet_no_auth().await;
@@ -138,11 +148,7 @@ async fn half_close_round(mode: RelayMode, busy_poll: Duration) {
     config.relay_mode = mode;
     config.busy_poll = BusyPoll::Window(busy_poll);
     let server = spawn_server(config).await;
-    let mut c = RawClient::connect(server.addr).await;
-    c.greet_no_auth().await;
-    c.send(&request(Command::CONNECT, &target_addr.to_string()))
-        .await;
-    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    let mut c = tunnel(server.addr, &target_addr.to_string()).await;
     c.send(&[7u8; 100_000]).await;
     c.stream.shutdown().await.unwrap();
     // The client's EOF reaches the target by a shutdown; the target's, which ends the
@@ -321,10 +327,7 @@ async fn bulk_round(mode: RelayMode, busy_poll: Duration) {
     config.relay_mode = mode;
     config.busy_poll = BusyPoll::Window(busy_poll);
     let server = spawn_server(config).await;
-    let mut c = RawClient::connect(server.addr).await;
-    c.greet_no_auth().await;
-    c.send(&request(Command::CONNECT, &echo.to_string())).await;
-    assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+    let c = tunnel(server.addr, &echo.to_string()).await;
     let data: Vec<u8> = (0..4_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let (mut r, mut w) = c.stream.into_split();
     let sent = data.clone();
@@ -387,10 +390,7 @@ async fn loopback_tunnels_use_the_local_congestion_control_and_system_keeps_the_
         let mut config = test_config();
         config.local_congestion = setting.map(str::to_owned);
         let server = spawn_server(config).await;
-        let mut c = RawClient::connect(server.addr).await;
-        c.greet_no_auth().await;
-        c.send(&request(Command::CONNECT, &echo.to_string())).await;
-        assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+        let mut c = tunnel(server.addr, &echo.to_string()).await;
         c.send(b"ping").await;
         assert_eq!(c.recv_exact(4).await, b"ping");
         // The server's socket to the client has the server's port as its source; its
@@ -436,11 +436,7 @@ async fn loopback_tunnels_keep_little_unsent_data_towards_a_stalled_target() {
         let mut config = test_config();
         config.local_notsent_lowat = setting;
         let server = spawn_server(config).await;
-        let mut c = RawClient::connect(server.addr).await;
-        c.greet_no_auth().await;
-        c.send(&request(Command::CONNECT, &target_addr.to_string()))
-            .await;
-        assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED);
+        let c = tunnel(server.addr, &target_addr.to_string()).await;
         let target_side = held.await.unwrap();
         // Writes until everything between here and the target is full: a write that
         // waits 300 ms. A bound in bytes too, far above what the buffers on the way hold.
