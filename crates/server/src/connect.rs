@@ -12,7 +12,7 @@ use crate::error::{Phase, SessionError};
 use crate::resolve::{connect_any, resolve};
 use crate::rules::{Decision, RuleInput};
 use crate::session::{run_tunnel, Conn};
-use crate::tcp_tuning::{self, Local};
+use crate::tcp_tuning::Local;
 use crate::Shared;
 
 pub(crate) async fn handle(
@@ -42,9 +42,12 @@ async fn connect_and_reply(
         .await
         .map_err(|_| SessionError::Timeout(Phase::Connect))??;
     let allowed = shared.allowed_targets(conn, Command::CONNECT, &dst, &candidates)?;
-    let (target, connected) =
-        connect_any(&allowed, deadline.saturating_duration_since(Instant::now())).await?;
-    tcp_tuning::tune(&target, connected.ip(), Local::of(&shared.config));
+    let (target, connected) = connect_any(
+        &allowed,
+        deadline.saturating_duration_since(Instant::now()),
+        Local::of(&shared.config),
+    )
+    .await?;
     record.resolved = Some(connected);
     let bound = target.local_addr()?;
     conn.send_reply(&Reply {

@@ -10,6 +10,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep, Instant};
 
 use crate::error::{ConnectFailure, Phase, SessionError};
+use crate::tcp_tuning::{self, Local};
 
 /// How long one connect attempt runs alone before the next address is tried beside it
 /// (RFC 8305's recommended "connection attempt delay").
@@ -64,14 +65,16 @@ pub fn classify(error: &io::Error) -> ConnectFailure {
 
 /// Connects to the first address that answers, trying them in order and starting the next
 /// attempt when one fails or has run for [`ATTEMPT_STAGGER`] (happy eyeballs), all within
-/// `timeout`. On failure, the error of the last attempt to fail is reported.
+/// `timeout`, each socket with the tunnel options (`local` for loopback targets) set
+/// before it connects. On failure, the error of the last attempt to fail is reported.
 pub(crate) async fn connect_any(
     addrs: &[SocketAddr],
     timeout: Duration,
+    local: Local<'_>,
 ) -> Result<(TcpStream, SocketAddr), SessionError> {
     if let [only] = addrs {
         // The common case (an IP target) needs no racing, and no task per attempt.
-        return match tokio::time::timeout(timeout, TcpStream::connect(*only)).await {
+        return match tokio::time::timeout(timeout, tcp_tuning::connect(*only, local)).await {
             Err(_) => Err(SessionError::Timeout(Phase::Connect)),
             Ok(Ok(stream)) => Ok((stream, *only)),
             Ok(Err(source)) => Err(SessionError::ConnectFailed {
@@ -86,10 +89,20 @@ pub(crate) async fn connect_any(
     let mut next = addrs.iter().copied();
     let mut last_error: Option<(SocketAddr, io::Error)> = None;
     let mut start_next = true;
+    // Each attempt is a task of its own, which cannot borrow the configuration.
+    let congestion: Option<std::sync::Arc<str>> = local.congestion.map(Into::into);
+    let notsent_lowat = local.notsent_lowat;
     loop {
         if start_next {
             if let Some(addr) = next.next() {
-                attempts.spawn(async move { (addr, TcpStream::connect(addr).await) });
+                let congestion = congestion.clone();
+                attempts.spawn(async move {
+                    let local = Local {
+                        congestion: congestion.as_deref(),
+                        notsent_lowat,
+                    };
+                    (addr, tcp_tuning::connect(addr, local).await)
+                });
             }
         }
         if attempts.is_empty() {
@@ -157,7 +170,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             addrs.push(l.local_addr().unwrap());
         }
-        let err = connect_any(&addrs, Duration::from_secs(5))
+        let err = connect_any(&addrs, Duration::from_secs(5), Local::default())
             .await
             .unwrap_err();
         assert!(

@@ -26,10 +26,10 @@
 //! network card's interrupts do anyway, and a larger queue rides out the relay's wake-up
 //! latency on fast long links, so they keep the system's choice.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use socket2::SockRef;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The congestion control loopback tunnels use unless configured otherwise (on Linux; other
 /// systems cannot choose per socket, so there the default is none). Cubic is the kernel's
@@ -68,11 +68,36 @@ pub(crate) fn is_local_peer(peer: IpAddr) -> bool {
     peer.to_canonical().is_loopback()
 }
 
-/// Applies the tunnel options to a connected socket whose peer is `peer`. Failures are
+/// Connects a tunnel's outgoing socket to `peer` with the tunnel options set before the
+/// connection is made. The congestion control must be: the kernel starts the one a socket
+/// has when its connection is established, and BBR, a common system default, turns on the
+/// kernel's pacing for the socket, which switching to cubic afterwards leaves on (during an
+/// 8-stream upload through the proxy, `tcp_pace_kick` timers fired ~40,000 times a second
+/// on the proxy's core with cubic set after the connect). Failures to set an option are
 /// ignored: an option the kernel refuses only costs speed, never correctness (an
 /// unavailable congestion control is reported once at start-up, see [`check_available`]).
-pub(crate) fn tune(stream: &TcpStream, peer: IpAddr, local: Local<'_>) {
-    tune_accepted(stream, peer, local, Inherited::default());
+pub(crate) async fn connect(peer: SocketAddr, local: Local<'_>) -> std::io::Result<TcpStream> {
+    let socket = if peer.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    let options = SockRef::from(&socket);
+    let _ = options.set_tcp_nodelay(true);
+    if is_local_peer(peer.ip()) {
+        set_local(&options, local, Inherited::default());
+    }
+    socket.connect(peer).await
+}
+
+/// The loopback options of `local` that `inherited` says the socket does not have yet.
+fn set_local(socket: &socket2::Socket, local: Local<'_>, inherited: Inherited) {
+    if let (Some(name), false) = (local.congestion, inherited.congestion) {
+        let _ = set_congestion(socket, name);
+    }
+    if let (Some(bytes), false) = (local.notsent_lowat, inherited.notsent_lowat) {
+        let _ = set_notsent_lowat(socket, bytes);
+    }
 }
 
 /// What sockets accepted on a listener already have from it, so [`tune_accepted`] does
@@ -87,10 +112,11 @@ pub(crate) struct Inherited {
 /// Sets on a listening socket, bound to `addr` and not yet listening, what Linux copies to
 /// every socket it accepts: `TCP_NODELAY` and, on a loopback listener (every client of
 /// which is on this machine), the congestion control and `TCP_NOTSENT_LOWAT`: three
-/// `setsockopt` calls per session fewer.
+/// `setsockopt` calls per session fewer, and accepted sockets that start with the chosen
+/// congestion control (see [`connect`] for why that matters).
 pub(crate) fn tune_listener(
     socket: &socket2::Socket,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     local: Local<'_>,
 ) -> Inherited {
     if !cfg!(target_os = "linux") {
@@ -99,13 +125,13 @@ pub(crate) fn tune_listener(
     let local_listener = is_local_peer(addr.ip());
     let nodelay = socket.set_tcp_nodelay(true).is_ok();
     let congestion = match local.congestion {
-        Some(name) if local_listener => set_congestion(SockRef::from(socket), name).is_ok(),
+        Some(name) if local_listener => set_congestion(socket, name).is_ok(),
         // Nothing to set: what the system gives is what is wanted.
         None => true,
         Some(_) => false,
     };
     let notsent_lowat = match local.notsent_lowat {
-        Some(bytes) if local_listener => set_notsent_lowat(SockRef::from(socket), bytes).is_ok(),
+        Some(bytes) if local_listener => set_notsent_lowat(socket, bytes).is_ok(),
         None => true,
         Some(_) => false,
     };
@@ -116,7 +142,9 @@ pub(crate) fn tune_listener(
     }
 }
 
-/// [`tune`] for a socket accepted on a listener prepared by [`tune_listener`].
+/// The tunnel options for a socket accepted on a listener prepared by [`tune_listener`],
+/// where it did not already get them from there (set after the connection is established,
+/// a congestion control keeps the system's pacing, see [`connect`]).
 pub(crate) fn tune_accepted(
     stream: &TcpStream,
     peer: IpAddr,
@@ -131,23 +159,18 @@ pub(crate) fn tune_accepted(
     if (inherited.congestion && inherited.notsent_lowat) || !is_local_peer(peer) {
         return;
     }
-    if let (Some(name), false) = (local.congestion, inherited.congestion) {
-        let _ = set_congestion(SockRef::from(stream), name);
-    }
-    if let (Some(bytes), false) = (local.notsent_lowat, inherited.notsent_lowat) {
-        let _ = set_notsent_lowat(SockRef::from(stream), bytes);
-    }
+    set_local(&SockRef::from(stream), local, inherited);
 }
 
 /// `TCP_NOTSENT_LOWAT` on any TCP socket: the one place the option is set.
 #[cfg(target_os = "linux")]
-fn set_notsent_lowat(socket: SockRef<'_>, bytes: u32) -> std::io::Result<()> {
+fn set_notsent_lowat(socket: &socket2::Socket, bytes: u32) -> std::io::Result<()> {
     socket.set_tcp_notsent_lowat(bytes)
 }
 
 /// Not offered here (the relay's unsent data stays as the system sizes it).
 #[cfg(not(target_os = "linux"))]
-fn set_notsent_lowat(_socket: SockRef<'_>, _bytes: u32) -> std::io::Result<()> {
+fn set_notsent_lowat(_socket: &socket2::Socket, _bytes: u32) -> std::io::Result<()> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
         "TCP_NOTSENT_LOWAT is set on Linux only",
@@ -156,13 +179,13 @@ fn set_notsent_lowat(_socket: SockRef<'_>, _bytes: u32) -> std::io::Result<()> {
 
 /// `TCP_CONGESTION` on any TCP socket: the one place the option is set.
 #[cfg(target_os = "linux")]
-fn set_congestion(socket: SockRef<'_>, name: &str) -> std::io::Result<()> {
+fn set_congestion(socket: &socket2::Socket, name: &str) -> std::io::Result<()> {
     socket.set_tcp_congestion(name.as_bytes())
 }
 
 /// Congestion control cannot be chosen per socket here.
 #[cfg(not(target_os = "linux"))]
-fn set_congestion(_socket: SockRef<'_>, _name: &str) -> std::io::Result<()> {
+fn set_congestion(_socket: &socket2::Socket, _name: &str) -> std::io::Result<()> {
     Err(std::io::Error::new(
         std::io::ErrorKind::Unsupported,
         "per-socket congestion control needs Linux",
@@ -174,7 +197,7 @@ fn set_congestion(_socket: SockRef<'_>, _name: &str) -> std::io::Result<()> {
 /// when the server starts rather than silently on every connection.
 pub fn check_available(name: &str) -> std::io::Result<()> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    set_congestion(SockRef::from(&socket), name)
+    set_congestion(&socket, name)
 }
 
 /// The algorithm loopback tunnels will really use for the configured `name`: `name` when
@@ -274,14 +297,15 @@ mod tests {
     #[tokio::test]
     async fn a_loopback_socket_gets_the_local_options() {
         let (client, server, peer) = loopback_pair().await;
-        tune(&server, peer.ip(), LOCAL);
+        tune_accepted(&server, peer.ip(), LOCAL, Inherited::default());
         assert_eq!(congestion_of(&server).unwrap(), "reno");
         assert_eq!(notsent_lowat_of(&server).unwrap(), 12345);
         assert!(server.nodelay().unwrap());
         // `None` leaves the socket as the system made it.
         let before = congestion_of(&client).unwrap();
         let lowat_before = notsent_lowat_of(&client).unwrap();
-        tune(&client, server.local_addr().unwrap().ip(), Local::default());
+        let server_ip = server.local_addr().unwrap().ip();
+        tune_accepted(&client, server_ip, Local::default(), Inherited::default());
         assert_eq!(congestion_of(&client).unwrap(), before);
         assert_eq!(notsent_lowat_of(&client).unwrap(), lowat_before);
         // Each option on its own.
@@ -290,9 +314,31 @@ mod tests {
             congestion: None,
             notsent_lowat: Some(4096),
         };
-        tune(&server, peer.ip(), only_lowat);
+        tune_accepted(&server, peer.ip(), only_lowat, Inherited::default());
         assert_eq!(notsent_lowat_of(&server).unwrap(), 4096);
         assert_eq!(congestion_of(&server).unwrap(), before);
+    }
+
+    /// Outgoing sockets get the options before they connect (so the congestion control
+    /// is the one the kernel starts at establishment).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_outgoing_loopback_socket_is_connected_with_the_local_options() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let stream = connect(at, LOCAL).await.unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), at);
+        assert_eq!(congestion_of(&stream).unwrap(), "reno");
+        assert_eq!(notsent_lowat_of(&stream).unwrap(), 12345);
+        assert!(stream.nodelay().unwrap());
+        let system = congestion_of(&listener.accept().await.unwrap().0).unwrap();
+        let plain = connect(at, Local::default()).await.unwrap();
+        assert_eq!(congestion_of(&plain).unwrap(), system);
+        assert!(plain.nodelay().unwrap());
+        // A refusal is reported as such.
+        drop(listener);
+        let refused = connect(at, LOCAL).await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     }
 
     #[cfg(target_os = "linux")]
@@ -306,7 +352,8 @@ mod tests {
             congestion: Some(other),
             notsent_lowat: Some(lowat_before + 1000),
         };
-        tune(&server, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)), local);
+        let remote = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        tune_accepted(&server, remote, local, Inherited::default());
         assert_eq!(congestion_of(&server).unwrap(), before);
         assert_eq!(notsent_lowat_of(&server).unwrap(), lowat_before);
         assert!(server.nodelay().unwrap());
