@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ferrosocks_proto::{Addr, Command, Rep, Reply};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::access_log::SessionRecord;
@@ -45,22 +45,10 @@ pub(crate) async fn handle(
         .and_then(|ip| local_ip_toward(*ip))
         .map(Ok)
         .unwrap_or_else(|| conn.local_addr().map(|a| a.ip().to_canonical()))?;
-    // Made by hand so that, on loopback, the peer's socket starts with the tunnel options
-    // (see `tcp_tuning::tune_listener`).
-    let listen_at = SocketAddr::new(listen_ip, 0);
-    let socket = if listen_at.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(listen_at)?;
-    let inherited = tcp_tuning::tune_listener(
-        &socket2::SockRef::from(&socket),
-        listen_at,
-        Local::of(&shared.config),
-    );
-    let listener = socket.listen(1024)?;
+    // Made like the server's own listeners, so that on loopback the peer's socket starts
+    // with the tunnel options (see `tcp_tuning::tune_listener`).
+    let (listener, inherited) =
+        crate::listen(SocketAddr::new(listen_ip, 0), Local::of(&shared.config))?;
     let local = listener.local_addr()?;
     let announced = SocketAddr::new(
         shared.config.external_address.unwrap_or(local.ip()),

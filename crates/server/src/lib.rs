@@ -236,9 +236,10 @@ impl Server {
     }
 }
 
-/// A listening socket: address reuse so a restart does not wait for TIME_WAIT, IPv6
-/// sockets IPv6-only so `[::]` and `0.0.0.0` can be listened on side by side.
-fn listen(
+/// A listening socket (the server's, and BIND's): address reuse so a restart does not wait
+/// for TIME_WAIT, IPv6 sockets IPv6-only so `[::]` and `0.0.0.0` can be listened on side
+/// by side, and the tunnel options that accepted sockets inherit.
+pub(crate) fn listen(
     addr: SocketAddr,
     local: tcp_tuning::Local<'_>,
 ) -> std::io::Result<(TcpListener, tcp_tuning::Inherited)> {
