@@ -405,10 +405,11 @@ async fn connect_request_on_a_udp_control_connection_gets_07_and_close() {
     a.control.expect_eof().await;
 }
 
-/// Bursts the relay may send as one segmented message (runs of equal size to one
-/// destination) must arrive as the datagrams that were sent: same boundaries, same order,
-/// nothing merged, in both directions; runs broken by other sizes, other destinations,
-/// empty datagrams and datagrams too large to segment included.
+/// Bursts the relay receives in one batch (runs of equal size to one destination, which it
+/// would send as one segmented message to a remote one) must arrive as the datagrams that
+/// were sent: same boundaries, same order, nothing merged, in both directions; runs broken
+/// by other sizes, other destinations, empty datagrams and datagrams too large to segment
+/// included.
 #[tokio::test]
 async fn udp_bursts_keep_every_datagram_boundary_and_order() {
     let target_a = UdpSocket::bind("127.0.0.1:0").await.unwrap();

@@ -9,12 +9,13 @@
 //! unexpectedly, the same slots are filled by `recv_from` and sent by `send_to`, one datagram
 //! per syscall; everything between receiving and sending is shared by both paths.
 //!
-//! Within a batch, consecutive datagrams of one size to one destination (a game's or a
-//! QUIC connection's burst, a benchmark's window) leave as one `sendmsg` with
-//! `UDP_SEGMENT` (UDP GSO): the kernel routes and loops back one packet and cuts it into
-//! the original datagrams at the receiving socket. At a fixed 150k round trips/s this took
-//! the relay's core from ~66 % to ~50 % busy. A socket whose kernel or route refuses it
-//! goes back to sending datagrams one by one.
+//! Within a batch, consecutive datagrams of one size to one remote destination (a game's or
+//! a QUIC connection's burst) leave as one `sendmsg` with `UDP_SEGMENT` (UDP GSO): the
+//! kernel builds and routes one packet, and the device or the last step before it cuts it
+//! into the original datagrams. Over loopback that cut happens on the relay's core and
+//! costs the receiver, on the same machine, more than it saves the relay, so loopback
+//! destinations get separate datagrams (see `mmsg::gso_max_segment`). A socket whose
+//! kernel or route refuses segmentation goes back to sending datagrams one by one.
 //!
 //! A slot holds a datagram of any size (65,535 bytes behind [`HEADROOM`]): a datagram cut
 //! short by a small buffer is consumed all the same and cannot be read again, so smaller slots
@@ -200,6 +201,11 @@ struct Lane {
     /// (UDP GSO); cleared for good after the kernel refuses one (see [`mmsg::gso_run`]).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     segmented: bool,
+    /// Whether runs to loopback destinations are segmented too. Never in the server (see
+    /// `gso_max_segment`); set by tests, which have no other destination to check a
+    /// segmented send with.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    segment_loopback: bool,
 }
 
 impl Lane {
@@ -210,6 +216,7 @@ impl Lane {
             outgoing: Vec::with_capacity(SLOTS),
             batched: cfg!(target_os = "linux"),
             segmented: cfg!(target_os = "linux"),
+            segment_loopback: false,
         }
     }
 
@@ -279,7 +286,7 @@ impl Lane {
                 // Either a run that goes out segmented (one message), or the datagrams up
                 // to where the next such run begins (one message each).
                 let run = if self.segmented {
-                    mmsg::gso_run(slots, rest)
+                    mmsg::gso_run(slots, rest, self.segment_loopback)
                 } else {
                     1
                 };
@@ -287,7 +294,7 @@ impl Lane {
                 let batch = if segmented {
                     &rest[..run]
                 } else if self.segmented {
-                    &rest[..mmsg::singles(slots, rest)]
+                    &rest[..mmsg::singles(slots, rest, self.segment_loopback)]
                 } else {
                     rest
                 };
@@ -783,10 +790,24 @@ mod mmsg {
     /// IP and UDP headers: 28 bytes for IPv4, 48 for IPv6). The kernel refuses segments
     /// larger than the route's MTU, and the per-datagram cost that segmentation saves
     /// matters most for small datagrams.
-    fn gso_max_segment(dest: SocketAddr) -> usize {
-        match dest {
-            SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => 1452,
-            _ => 1472,
+    ///
+    /// 0 (never segmented) for a loopback destination unless `loopback_too`. Its receiver
+    /// runs on this machine,
+    /// and a segmented packet sent over loopback is cut into datagrams on the relay's
+    /// core and handed over as pieces of one shared buffer; reading and freeing those
+    /// costs the receiver more than separate datagrams do. In the UDP benchmark (window of
+    /// 64, the generator's core the limit) the receiver's extra cost was 6 % of its
+    /// throughput, for 13 % of the relay's own CPU per round trip saved. A receiver on
+    /// another machine gets ordinary packets either way, so there the saving is free.
+    fn gso_max_segment(dest: SocketAddr, loopback_too: bool) -> usize {
+        let ip = dest.ip().to_canonical();
+        if ip.is_loopback() && !loopback_too {
+            return 0;
+        }
+        if ip.is_ipv6() {
+            1452
+        } else {
+            1472
         }
     }
 
@@ -805,12 +826,12 @@ mod mmsg {
     /// kernel then builds, routes and loops back one packet instead of one per datagram, and
     /// cuts it into the original datagrams on the way in: the receiver sees what a
     /// datagram-by-datagram relay would have sent.
-    pub(super) fn gso_run(slots: &[u8], outgoing: &[Outgoing]) -> usize {
+    pub(super) fn gso_run(slots: &[u8], outgoing: &[Outgoing], loopback_too: bool) -> usize {
         let Some(first) = outgoing.first() else {
             return 0;
         };
         let len = first.bytes(slots).len();
-        if len == 0 || len > gso_max_segment(first.dest) {
+        if len == 0 || len > gso_max_segment(first.dest, loopback_too) {
             return 1;
         }
         let limit = outgoing.len().min(SLOTS).min(GSO_MAX_BYTES / len);
@@ -822,9 +843,9 @@ mod mmsg {
 
     /// How many datagrams at the start of `outgoing` come before the next run that
     /// [`gso_run`] would send segmented (at least one).
-    pub(super) fn singles(slots: &[u8], outgoing: &[Outgoing]) -> usize {
+    pub(super) fn singles(slots: &[u8], outgoing: &[Outgoing], loopback_too: bool) -> usize {
         (1..outgoing.len())
-            .find(|&i| gso_run(slots, &outgoing[i..]) >= 2)
+            .find(|&i| gso_run(slots, &outgoing[i..], loopback_too) >= 2)
             .unwrap_or(outgoing.len())
     }
 
@@ -894,8 +915,8 @@ mod tests {
                 })
                 .collect()
         };
-        let run = |list: &[(SocketAddr, usize)]| mmsg::gso_run(&[], &out(list));
-        let singles = |list: &[(SocketAddr, usize)]| mmsg::singles(&[], &out(list));
+        let run = |list: &[(SocketAddr, usize)]| mmsg::gso_run(&[], &out(list), false);
+        let singles = |list: &[(SocketAddr, usize)]| mmsg::singles(&[], &out(list), false);
         assert_eq!(run(&[]), 0);
         assert_eq!(run(&[(a, 100)]), 1);
         assert_eq!(run(&[(a, 100), (a, 100), (a, 99), (a, 100)]), 2);
@@ -915,6 +936,18 @@ mod tests {
         assert_eq!(singles(&[(a, 1), (b, 1), (b, 1)]), 1);
         assert_eq!(singles(&[(a, 1), (b, 2), (a, 3), (a, 3)]), 2);
         assert_eq!(singles(&[(a, 1), (b, 2), (a, 3)]), 3);
+        // Loopback destinations are not segmented, unless asked.
+        for lo in [
+            "127.0.0.1:53",
+            "127.3.2.1:53",
+            "[::1]:53",
+            "[::ffff:127.0.0.1]:53",
+        ] {
+            let lo: SocketAddr = lo.parse().unwrap();
+            assert_eq!(run(&[(lo, 100), (lo, 100)]), 1, "{lo}");
+            assert_eq!(singles(&[(lo, 1), (lo, 1), (a, 3), (a, 3)]), 2, "{lo}");
+            assert_eq!(mmsg::gso_run(&[], &out(&[(lo, 100), (lo, 100)]), true), 2);
+        }
     }
 
     #[cfg(target_os = "linux")]
@@ -953,6 +986,54 @@ mod tests {
         );
     }
 
+    fn fresh_state() -> State {
+        State {
+            client_addr: None,
+            reassembly: Reassembly::new(Duration::from_secs(5)),
+            names: HashMap::new(),
+            stats: UdpStats::default(),
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// A receiver with `UDP_GRO` on is handed a segmented packet from loopback whole (one
+    /// read with all the segments), so it can tell whether the relay segmented a run.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn runs_to_a_loopback_destination_go_as_separate_datagrams() {
+        use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        setsockopt(&receiver, UdpGroSegment, &true).unwrap();
+        let to = receiver.local_addr().unwrap();
+        let burst = || {
+            (0..3u8)
+                .map(|i| owned(to, vec![i; 100]))
+                .collect::<Vec<_>>()
+        };
+
+        let mut state = fresh_state();
+        let mut lane = Lane::new();
+        lane.outgoing = burst();
+        lane.send(&socket, &mut state, Direction::Up, Instant::now())
+            .await;
+        assert_eq!(state.stats.datagrams_up, 3);
+        assert_eq!(
+            recv_all(&receiver).await,
+            vec![vec![0u8; 100], vec![1u8; 100], vec![2u8; 100]]
+        );
+
+        // The same burst segmented arrives as one read: the check above can see a
+        // segmented send.
+        lane.segment_loopback = true;
+        lane.outgoing = burst();
+        lane.send(&socket, &mut state, Direction::Up, Instant::now())
+            .await;
+        assert_eq!(state.stats.datagrams_up, 6);
+        let together: Vec<u8> = (0..3u8).flat_map(|i| [i; 100]).collect();
+        assert_eq!(recv_all(&receiver).await, vec![together]);
+    }
+
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_run_refused_for_its_destination_goes_one_by_one_and_segmentation_stays_on() {
@@ -962,14 +1043,10 @@ mod tests {
         let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let good = receiver.local_addr().unwrap();
         let refused: SocketAddr = "[::1]:9".parse().unwrap();
-        let mut state = State {
-            client_addr: None,
-            reassembly: Reassembly::new(Duration::from_secs(5)),
-            names: HashMap::new(),
-            stats: UdpStats::default(),
-            last_activity: Instant::now(),
-        };
+        let mut state = fresh_state();
         let mut lane = Lane::new();
+        // Both runs are to loopback addresses, which the server never segments.
+        lane.segment_loopback = true;
         lane.outgoing = vec![
             owned(refused, vec![9; 50]),
             owned(refused, vec![9; 50]),
