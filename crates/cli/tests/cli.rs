@@ -567,3 +567,64 @@ fn network_unreachable_gets_rep_03() {
         "{err}"
     );
 }
+
+/// `bench peers --peer NAME=COMMAND`: a SOCKS server from outside the project (here this
+/// binary again, under another name) is started with its port filled in, measured in the
+/// same cases as the built-in contenders, compared in the table, and stopped at the end.
+#[test]
+fn bench_peers_measures_a_peer_given_as_a_command() {
+    let dir = std::env::temp_dir().join(format!("ferrosocks-cli-peer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("peers.json");
+    // An unusual value marks the peer's command line, to find it if it were left running.
+    let marker = "--udp-idle-timeout 4321s";
+    let out = Command::new(BIN)
+        .args(["bench", "peers", "--reps", "1", "--duration", "200ms"])
+        .args([
+            "--scenarios",
+            "latency,udp",
+            "--contenders",
+            "direct,other,ferrosocks",
+        ])
+        .arg("--peer")
+        .arg(format!(
+            "other={BIN} serve --listen 127.0.0.1:{{port}} {marker}"
+        ))
+        .args(["--proxy-cpu", "0", "--generator-cpu", "0"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(dir.join("peers.svg"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ferro/other"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let raw = summary["raw"].as_array().unwrap();
+    for case in ["latency", "udp", "udp rate"] {
+        let run = raw
+            .iter()
+            .find(|r| r["contender"] == "other" && r["case"] == case)
+            .unwrap_or_else(|| panic!("no {case} run of the peer: {raw:#?}"));
+        assert!(run["error"].is_null(), "{run:#?}");
+        assert!(run["report"]["records"][0]["value"].as_f64().unwrap() > 0.0);
+    }
+    let left = Command::new("pgrep")
+        .args(["-f", "--", marker])
+        .output()
+        .unwrap();
+    // 1: no process matched (2 would be a usage error).
+    assert_eq!(
+        left.status.code(),
+        Some(1),
+        "the peer was left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -10,6 +10,9 @@
 //! them alike, and ratios are taken within one repetition before the median is taken.
 //! Before each idle-memory case the proxy is restarted, so memory kept by its allocator
 //! from earlier cases neither inflates nor hides the growth per tunnel.
+//!
+//! Any other SOCKS5 server (one built outside this project, say) joins with `--peer
+//! NAME=COMMAND` and runs the same cases under the same rules.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,9 +45,17 @@ pub(crate) struct PeersArgs {
     /// Idle tunnels per idle measurement [default: 9000, 3000 with --quick].
     #[arg(long)]
     pub(crate) tunnels: Option<usize>,
-    /// Contenders, in the order they run within a repetition.
-    #[arg(long, value_delimiter = ',', default_values_t = ["direct".to_string(), "dante".into(), "microsocks".into(), "haproxy".into(), "nginx".into(), "ferrosocks".into()])]
+    /// Contenders, in the order they run within a repetition [default:
+    /// direct,dante,microsocks,haproxy,nginx, each --peer, ferrosocks].
+    #[arg(long, value_delimiter = ',')]
     pub(crate) contenders: Vec<String>,
+    /// Another SOCKS5 server to compare, built or installed outside this project (repeat
+    /// for several): NAME=COMMAND, where COMMAND is a shell command that runs the server in
+    /// the foreground on 127.0.0.1, with `{port}` standing for the port it must listen on,
+    /// e.g. --peer 'hev=./hev.sh {port}'. It is pinned to the proxy core like the others
+    /// and runs every SOCKS case; what it cannot do (UDP, say) shows as n/a.
+    #[arg(long, value_name = "NAME=COMMAND", value_parser = parse_peer)]
+    pub(crate) peer: Vec<Peer>,
     /// Cases to run: throughput, iperf3, connrate, latency, udp, idle (default: all).
     #[arg(long, value_delimiter = ',')]
     pub(crate) scenarios: Vec<String>,
@@ -232,14 +243,10 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
-    for c in &a.contenders {
-        if !CONTENDERS.contains(&c.as_str()) {
-            bail!("unknown contender {c:?} ({})", CONTENDERS.join(", "));
-        }
-    }
+    let contenders = contenders(&a)?;
     // A forwarder has no handshake to name a target, so it maps a block of its ports to
     // a block of fixed target ports; only measurements through one pin the targets.
-    let targets_port = if a.contenders.iter().any(|c| is_forwarder(c)) {
+    let targets_port = if contenders.iter().any(|c| is_forwarder(c)) {
         Some(port_block(TARGETS)?)
     } else {
         None
@@ -256,7 +263,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
          proxies on CPU {}, generator on CPU {}; logs in {}",
         a.reps,
         cases.len(),
-        a.contenders.len(),
+        contenders.len(),
         duration,
         tunnels,
         a.proxy_cpu,
@@ -270,8 +277,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     let run = async {
         // A server that runs no selected case is not started (nor required).
         let runs_a_case = |c: &str| cases.iter().any(|case| applies(c, case.scenario).is_ok());
-        for c in a
-            .contenders
+        for c in contenders
             .iter()
             .filter(|c| *c != "direct" && runs_a_case(c))
         {
@@ -284,7 +290,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         for rep in 0..a.reps {
             for case in &cases {
                 let mut line = format!("[{}/{}] {:<10}", rep + 1, a.reps, case.name);
-                for c in &a.contenders {
+                for c in &contenders {
                     if let Err(why) = applies(c, case.scenario) {
                         let _ = write!(line, "  {c}: -");
                         raw.push(Raw {
@@ -338,8 +344,8 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     }
     let raw = result?;
 
-    let rows = summarize(&raw, &cases, &a.contenders, a.reps);
-    let table = report::peers_table(&rows, &a.contenders);
+    let rows = summarize(&raw, &cases, &contenders, a.reps);
+    let table = report::peers_table(&rows, &contenders);
     println!();
     print!("{table}");
     println!(
@@ -369,7 +375,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         idle_tunnels: tunnels,
         proxy_cpu: a.proxy_cpu,
         generator_cpu: a.generator_cpu,
-        contenders: &a.contenders,
+        contenders: &contenders,
         table: table.clone(),
         rows: &rows,
         raw: &raw,
@@ -382,7 +388,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         machine.get("cpu").map_or("?", |s| s.as_str()),
         a.reps
     );
-    report::chart(&a.svg, &title, &rows, &a.contenders)?;
+    report::chart(&a.svg, &title, &rows, &contenders)?;
     println!("wrote {} and {}", a.json.display(), a.svg.display());
     let _ = std::fs::remove_dir_all(&work);
     Ok(ok)
@@ -562,6 +568,68 @@ const CONTENDERS: [&str; 6] = [
     "ferrosocks",
 ];
 
+/// A SOCKS5 server from outside this project (`--peer NAME=COMMAND`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Peer {
+    name: String,
+    /// Run as `sh -c "exec COMMAND"` with `{port}` replaced.
+    command: String,
+}
+
+fn parse_peer(s: &str) -> Result<Peer, String> {
+    let (name, command) = s
+        .split_once('=')
+        .ok_or("expected NAME=COMMAND, e.g. hev='./hev.sh {port}'")?;
+    let name = name.trim();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "peer name {name:?}: letters, digits, '-' and '_' only"
+        ));
+    }
+    if CONTENDERS.contains(&name) {
+        return Err(format!("{name} is built in: give the peer another name"));
+    }
+    if !command.contains("{port}") {
+        return Err("the command must contain {port}, the port the server is to listen on".into());
+    }
+    Ok(Peer {
+        name: name.to_string(),
+        command: command.trim().to_string(),
+    })
+}
+
+/// The contenders in running order: `--contenders`, or every built-in one with the peers
+/// before ferrosocks. Each must be known and named once.
+fn contenders(a: &PeersArgs) -> anyhow::Result<Vec<String>> {
+    let list: Vec<String> = if a.contenders.is_empty() {
+        let (last, built_in) = CONTENDERS.split_last().expect("not empty");
+        built_in
+            .iter()
+            .map(|c| c.to_string())
+            .chain(a.peer.iter().map(|p| p.name.clone()))
+            .chain([last.to_string()])
+            .collect()
+    } else {
+        a.contenders.clone()
+    };
+    for (i, c) in list.iter().enumerate() {
+        if !CONTENDERS.contains(&c.as_str()) && !a.peer.iter().any(|p| &p.name == c) {
+            bail!(
+                "unknown contender {c:?} (built in: {}; others need --peer {c}=COMMAND)",
+                CONTENDERS.join(", ")
+            );
+        }
+        if list[..i].contains(c) || a.peer.iter().filter(|p| &p.name == c).count() > 1 {
+            bail!("contender {c:?} is named twice");
+        }
+    }
+    Ok(list)
+}
+
 /// Plain forwarders: no SOCKS, reached through `--forward`.
 fn is_forwarder(contender: &str) -> bool {
     matches!(contender, "haproxy" | "nginx")
@@ -688,7 +756,18 @@ async fn start_proxy(
                     .arg(addr.to_string())
                     .args(&a.serve_arg);
             }
-            other => bail!("unknown proxy {other}"),
+            other => {
+                let peer = a
+                    .peer
+                    .iter()
+                    .find(|p| p.name == other)
+                    .with_context(|| format!("unknown proxy {other}"))?;
+                // `exec`: the server itself has the pid that is measured and stopped.
+                cmd.arg("sh").arg("-c").arg(format!(
+                    "exec {}",
+                    peer.command.replace("{port}", &port.to_string())
+                ));
+            }
         }
         // The servers stay in this process group, so a Ctrl-C in the terminal stops them too.
         cmd.stdin(Stdio::null())
@@ -930,6 +1009,70 @@ mod tests {
         let a = port_block(TARGETS).unwrap();
         let b = port_block(TARGETS).unwrap();
         assert!(a + TARGETS <= b || b + TARGETS <= a, "{a} and {b}");
+    }
+
+    fn args(extra: &[&str]) -> PeersArgs {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            peers: PeersArgs,
+        }
+        let mut argv = vec!["peers"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).map(|c| c.peers).unwrap()
+    }
+
+    #[test]
+    fn peers_join_before_ferrosocks_unless_the_order_is_given() {
+        let a = args(&[
+            "--peer",
+            "hev=./hev.sh {port}",
+            "--peer",
+            "g_2=gost -L :{port}",
+        ]);
+        assert_eq!(
+            a.peer[0],
+            Peer {
+                name: "hev".into(),
+                command: "./hev.sh {port}".into()
+            }
+        );
+        assert_eq!(
+            contenders(&a).unwrap(),
+            [
+                "direct",
+                "dante",
+                "microsocks",
+                "haproxy",
+                "nginx",
+                "hev",
+                "g_2",
+                "ferrosocks"
+            ]
+        );
+        assert_eq!(contenders(&args(&[])).unwrap(), CONTENDERS);
+        let a = args(&["--peer", "hev=x {port}", "--contenders", "hev,direct"]);
+        assert_eq!(contenders(&a).unwrap(), ["hev", "direct"]);
+
+        let unknown = contenders(&args(&["--contenders", "direct,hev"])).unwrap_err();
+        assert!(
+            unknown.to_string().contains("--peer hev=COMMAND"),
+            "{unknown}"
+        );
+        let twice = args(&["--peer", "a=x {port}", "--peer", "a=y {port}"]);
+        assert!(contenders(&twice).is_err());
+        assert!(contenders(&args(&["--contenders", "direct,direct"])).is_err());
+
+        for bad in [
+            "hev",
+            "=x {port}",
+            "h v=x {port}",
+            "dante=x {port}",
+            "hev=./hev.sh",
+        ] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
