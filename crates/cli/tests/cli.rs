@@ -614,7 +614,15 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
             .unwrap_or_else(|| panic!("no {case} run of the peer: {raw:#?}"));
         assert!(run["error"].is_null(), "{run:#?}");
         assert!(run["report"]["records"][0]["value"].as_f64().unwrap() > 0.0);
+        let busy = run["cpu_busy_percent"]["generator"].as_f64().unwrap();
+        assert!((0.0..=100.0).contains(&busy), "{run:#?}");
     }
+    assert!(summary["cpu_busy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["contender"] == "other" && c["case"] == "udp"));
+    assert!(stdout.contains("CPU busy"), "{stdout}");
     let left = Command::new("pgrep")
         .args(["-f", "--", marker])
         .output()

@@ -218,8 +218,28 @@ struct Summary<'a> {
     contenders: &'a [String],
     table: String,
     rows: &'a [Row],
+    /// Per case and contender, the median share of each pinned core that was busy.
+    cpu_busy: Vec<CpuSummary>,
     /// Every measurement as it came: repetition, case, contender, records or error.
     raw: &'a [Raw],
+}
+
+/// How busy the two pinned cores were during one measurement, in percent of their time
+/// (from `/proc/stat`, over the whole generator run: its start and end included). A
+/// generator core near 100 % while the proxy's has time to spare says the generator, not
+/// the proxy, set the figure.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct CpuBusy {
+    generator: f64,
+    proxy: f64,
+}
+
+#[derive(Serialize)]
+struct CpuSummary {
+    case: String,
+    contender: String,
+    generator_median: f64,
+    proxy_median: f64,
 }
 
 #[derive(Serialize)]
@@ -231,6 +251,8 @@ struct Raw {
     report: Option<RunReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_busy_percent: Option<CpuBusy>,
 }
 
 async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
@@ -299,6 +321,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                             contender: c.clone(),
                             report: None,
                             error: Some(format!("{NOT_APPLICABLE}: {why}")),
+                            cpu_busy_percent: None,
                         });
                         continue;
                     }
@@ -312,7 +335,9 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                     }
                     let proxy = proxies.get(c);
                     let forward = targets_port.filter(|_| is_forwarder(c));
+                    let before = cpu_times();
                     let out = measure(&a, &me, case, proxy, forward, duration, &work).await;
+                    let cpu_busy_percent = cpu_busy(&before, &cpu_times(), &a);
                     let _ = write!(line, "  {c}: {}", brief(&out));
                     let (report, error) = match out {
                         Ok(r) => (Some(r), None),
@@ -324,6 +349,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                         contender: c.clone(),
                         report,
                         error,
+                        cpu_busy_percent,
                     });
                 }
                 println!("{line}");
@@ -353,6 +379,25 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
          n/a = the contender failed or cannot do it (see the JSON for why)",
         a.reps
     );
+    let cpu = cpu_summary(&raw);
+    println!("CPU busy, % of the generator's core / the proxies' core (medians):");
+    let mut case_line = String::new();
+    for (i, c) in cpu.iter().enumerate() {
+        if i == 0 || cpu[i - 1].case != c.case {
+            if !case_line.is_empty() {
+                println!("{case_line}");
+            }
+            case_line = format!("  {:<10}", c.case);
+        }
+        let _ = write!(
+            case_line,
+            "  {} {:.0}/{:.0}",
+            c.contender, c.generator_median, c.proxy_median
+        );
+    }
+    if !case_line.is_empty() {
+        println!("{case_line}");
+    }
     let mut ok = true;
     for r in &raw {
         if let Some(e) = r.error.as_ref().filter(|e| !e.starts_with(NOT_APPLICABLE)) {
@@ -378,6 +423,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         contenders: &contenders,
         table: table.clone(),
         rows: &rows,
+        cpu_busy: cpu,
         raw: &raw,
     };
     report::write_json(&a.json, &summary)?;
@@ -392,6 +438,74 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     println!("wrote {} and {}", a.json.display(), a.svg.display());
     let _ = std::fs::remove_dir_all(&work);
     Ok(ok)
+}
+
+/// Busy and total jiffies of each CPU (`cpuN` lines of `/proc/stat`), by CPU number.
+fn cpu_times() -> BTreeMap<usize, (u64, u64)> {
+    std::fs::read_to_string("/proc/stat")
+        .map(|text| parse_cpu_times(&text))
+        .unwrap_or_default()
+}
+
+fn parse_cpu_times(stat: &str) -> BTreeMap<usize, (u64, u64)> {
+    stat.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu = f.next()?.strip_prefix("cpu")?.parse::<usize>().ok()?;
+            // user nice system idle iowait irq softirq steal (guest time is inside user).
+            let v: Vec<u64> = f.take(8).filter_map(|x| x.parse().ok()).collect();
+            let total: u64 = v.iter().sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            Some((cpu, (total - idle, total)))
+        })
+        .collect()
+}
+
+fn cpu_busy(
+    before: &BTreeMap<usize, (u64, u64)>,
+    after: &BTreeMap<usize, (u64, u64)>,
+    a: &PeersArgs,
+) -> Option<CpuBusy> {
+    let share = |cpu: usize| {
+        let (b0, t0) = before.get(&cpu)?;
+        let (b1, t1) = after.get(&cpu)?;
+        let total = t1.checked_sub(*t0).filter(|&t| t > 0)?;
+        Some(100.0 * b1.saturating_sub(*b0) as f64 / total as f64)
+    };
+    Some(CpuBusy {
+        generator: share(a.generator_cpu)?,
+        proxy: share(a.proxy_cpu)?,
+    })
+}
+
+/// Medians of the busy shares per case and contender, in the order measured.
+fn cpu_summary(raw: &[Raw]) -> Vec<CpuSummary> {
+    // (case, contender) in the order first measured, with every share measured for it.
+    let mut groups: Vec<(&Raw, Vec<CpuBusy>)> = Vec::new();
+    for r in raw {
+        let Some(busy) = r.cpu_busy_percent.filter(|_| r.error.is_none()) else {
+            continue;
+        };
+        let same = |(first, _): &&mut (&Raw, Vec<CpuBusy>)| {
+            first.case == r.case && first.contender == r.contender
+        };
+        match groups.iter_mut().find(same) {
+            Some((_, shares)) => shares.push(busy),
+            None => groups.push((r, vec![busy])),
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(first, shares)| {
+            let of = |f: fn(&CpuBusy) -> f64| shares.iter().map(f).collect::<Vec<_>>();
+            Some(CpuSummary {
+                case: first.case.clone(),
+                contender: first.contender.clone(),
+                generator_median: report::median(&of(|b| b.generator))?,
+                proxy_median: report::median(&of(|b| b.proxy))?,
+            })
+        })
+        .collect()
 }
 
 fn brief(out: &anyhow::Result<RunReport>) -> String {
@@ -1073,6 +1187,60 @@ mod tests {
         ] {
             assert!(parse_peer(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn busy_shares_come_from_proc_stat_per_cpu() {
+        let stat = |cpu0: (u64, u64), cpu1: (u64, u64)| {
+            format!(
+                "cpu  1 2 3 4 5 6 7 8 0 0\n\
+                 cpu0 {} 0 50 {} 0 0 0 0 0 0\n\
+                 cpu1 {} 0 0 {} 7 0 0 0 0 0\n\
+                 intr 12345\n",
+                cpu0.0, cpu0.1, cpu1.0, cpu1.1
+            )
+        };
+        let before = parse_cpu_times(&stat((100, 850), (0, 0)));
+        assert_eq!(before[&0], (150, 1000));
+        assert_eq!(before[&1], (0, 7), "iowait counts as idle");
+        assert_eq!(before.len(), 2, "the all-CPU line is not a CPU");
+        let after = parse_cpu_times(&stat((190, 860), (30, 70)));
+        let mut a = args(&[]);
+        (a.generator_cpu, a.proxy_cpu) = (1, 0);
+        let busy = cpu_busy(&before, &after, &a).unwrap();
+        assert_eq!((busy.generator, busy.proxy), (30.0, 90.0));
+        assert!(cpu_busy(&before, &before, &a).is_none(), "no time passed");
+        a.proxy_cpu = 7;
+        assert!(cpu_busy(&before, &after, &a).is_none(), "no such CPU");
+
+        let raw = |case: &str, contender: &str, g: f64, error: Option<&str>| Raw {
+            rep: 0,
+            case: case.into(),
+            contender: contender.into(),
+            report: None,
+            error: error.map(String::from),
+            cpu_busy_percent: Some(CpuBusy {
+                generator: g,
+                proxy: 100.0 - g,
+            }),
+        };
+        let summary = cpu_summary(&[
+            raw("udp", "direct", 99.0, None),
+            raw("udp", "ferrosocks", 98.0, None),
+            raw("udp", "direct", 97.0, None),
+            raw("udp", "ferrosocks", 90.0, Some("failed")),
+            raw("udp", "direct", 100.0, None),
+        ]);
+        assert_eq!(summary.len(), 2);
+        assert_eq!(
+            (summary[0].contender.as_str(), summary[0].generator_median),
+            ("direct", 99.0)
+        );
+        assert_eq!(summary[0].proxy_median, 1.0);
+        assert_eq!(
+            summary[1].generator_median, 98.0,
+            "failed runs do not count"
+        );
     }
 
     #[test]
