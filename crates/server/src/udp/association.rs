@@ -792,13 +792,13 @@ mod mmsg {
     /// matters most for small datagrams.
     ///
     /// 0 (never segmented) for a loopback destination unless `loopback_too`. Its receiver
-    /// runs on this machine,
-    /// and a segmented packet sent over loopback is cut into datagrams on the relay's
-    /// core and handed over as pieces of one shared buffer; reading and freeing those
-    /// costs the receiver more than separate datagrams do. In the UDP benchmark (window of
-    /// 64, the generator's core the limit) the receiver's extra cost was 6 % of its
-    /// throughput, for 13 % of the relay's own CPU per round trip saved. A receiver on
-    /// another machine gets ordinary packets either way, so there the saving is free.
+    /// runs on this machine, and a segmented packet sent over loopback is cut into
+    /// datagrams on the relay's core and handed over as pieces of shared pages; reading
+    /// and freeing those costs the receiver more than separate datagrams do. In the UDP
+    /// benchmark (window of 64, the generator's core the limit) segmenting cost the
+    /// receiver 7 % of its throughput, for 13 % of the relay's own CPU per round trip. A
+    /// receiver on another machine gets ordinary packets either way, so there the saving
+    /// is free.
     fn gso_max_segment(dest: SocketAddr, loopback_too: bool) -> usize {
         let ip = dest.ip().to_canonical();
         if ip.is_loopback() && !loopback_too {
@@ -823,8 +823,8 @@ mod mmsg {
 
     /// How many datagrams at the start of `outgoing` one segmented send (UDP GSO) can
     /// carry: consecutive datagrams to the same destination, all of the same length. The
-    /// kernel then builds, routes and loops back one packet instead of one per datagram, and
-    /// cuts it into the original datagrams on the way in: the receiver sees what a
+    /// kernel then builds and routes one packet instead of one per datagram, and cuts it
+    /// into the original datagrams in or just before the device: the receiver sees what a
     /// datagram-by-datagram relay would have sent.
     pub(super) fn gso_run(slots: &[u8], outgoing: &[Outgoing], loopback_too: bool) -> usize {
         let Some(first) = outgoing.first() else {
