@@ -381,22 +381,16 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     );
     let cpu = cpu_summary(&raw);
     println!("CPU busy, % of the generator's core / the proxies' core (medians):");
-    let mut case_line = String::new();
-    for (i, c) in cpu.iter().enumerate() {
-        if i == 0 || cpu[i - 1].case != c.case {
-            if !case_line.is_empty() {
-                println!("{case_line}");
-            }
-            case_line = format!("  {:<10}", c.case);
+    for case in cpu.chunk_by(|x, y| x.case == y.case) {
+        let mut line = format!("  {:<10}", case[0].case);
+        for c in case {
+            let _ = write!(
+                line,
+                "  {} {:.0}/{:.0}",
+                c.contender, c.generator_median, c.proxy_median
+            );
         }
-        let _ = write!(
-            case_line,
-            "  {} {:.0}/{:.0}",
-            c.contender, c.generator_median, c.proxy_median
-        );
-    }
-    if !case_line.is_empty() {
-        println!("{case_line}");
+        println!("{line}");
     }
     let mut ok = true;
     for r in &raw {
@@ -478,7 +472,8 @@ fn cpu_busy(
     })
 }
 
-/// Medians of the busy shares per case and contender, in the order measured.
+/// Medians of the busy shares per case and contender, in the order measured, each case's
+/// contenders together.
 fn cpu_summary(raw: &[Raw]) -> Vec<CpuSummary> {
     // (case, contender) in the order first measured, with every share measured for it.
     let mut groups: Vec<(&Raw, Vec<CpuBusy>)> = Vec::new();
@@ -494,6 +489,8 @@ fn cpu_summary(raw: &[Raw]) -> Vec<CpuSummary> {
             None => groups.push((r, vec![busy])),
         }
     }
+    // A contender whose first repetition failed joins its case's other contenders.
+    groups.sort_by_key(|(first, _)| raw.iter().position(|r| r.case == first.case));
     groups
         .into_iter()
         .filter_map(|(first, shares)| {
@@ -1240,6 +1237,26 @@ mod tests {
         assert_eq!(
             summary[1].generator_median, 98.0,
             "failed runs do not count"
+        );
+
+        // A contender that failed its first repetition still lines up with its case.
+        let summary = cpu_summary(&[
+            raw("udp", "direct", 99.0, None),
+            raw("udp", "ferrosocks", 90.0, Some("failed")),
+            raw("latency", "direct", 50.0, None),
+            raw("udp", "ferrosocks", 98.0, None),
+        ]);
+        let order: Vec<_> = summary
+            .iter()
+            .map(|c| (c.case.as_str(), c.contender.as_str()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("udp", "direct"),
+                ("udp", "ferrosocks"),
+                ("latency", "direct")
+            ]
         );
     }
 
