@@ -569,26 +569,34 @@ fn network_unreachable_gets_rep_03() {
 }
 
 /// `bench peers --peer NAME=COMMAND`: a SOCKS server from outside the project (here this
-/// binary again, under another name) is started with its port filled in, measured in the
-/// same cases as the built-in contenders, compared in the table, and stopped at the end.
+/// binary again, under another name, behind a shell command line) is started with its port
+/// filled in, measured in the same cases as the built-in contenders, compared in the table,
+/// and stopped at the end with what its shell started. A peer that puts itself in the
+/// background is reported and left out, once, and the run goes on.
 #[test]
 fn bench_peers_measures_a_peer_given_as_a_command() {
     let dir = std::env::temp_dir().join(format!("ferrosocks-cli-peer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("peers.json");
-    // An unusual value marks the peer's command line, to find it if it were left running.
+    // Unusual values mark each peer's command line, to find what is left running.
     let marker = "--udp-idle-timeout 4321s";
+    let daemon_marker = "--udp-idle-timeout 4322s";
     let out = Command::new(BIN)
         .args(["bench", "peers", "--reps", "1", "--duration", "200ms"])
         .args([
             "--scenarios",
             "latency,udp",
             "--contenders",
-            "direct,other,ferrosocks",
+            "direct,other,daemon,ferrosocks",
         ])
         .arg("--peer")
+        // Not a plain command: the shell stays as the server's parent.
         .arg(format!(
-            "other={BIN} serve --listen 127.0.0.1:{{port}} {marker}"
+            "other=cd / && {BIN} serve --listen 127.0.0.1:{{port}} {marker}"
+        ))
+        .arg("--peer")
+        .arg(format!(
+            "daemon=setsid {BIN} serve --listen 127.0.0.1:{{port}} {daemon_marker} &"
         ))
         .args(["--proxy-cpu", "0", "--generator-cpu", "0"])
         .arg("--json")
@@ -597,6 +605,23 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
         .arg(dir.join("peers.svg"))
         .output()
         .unwrap();
+    let left_running = |marker: &str| {
+        let out = Command::new("pgrep")
+            .args(["-f", "--", marker])
+            .output()
+            .unwrap();
+        // 1: no process matched (2 would be a usage error).
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let daemons = left_running(daemon_marker);
+    let _ = Command::new("pkill")
+        .args(["-f", "--", daemon_marker])
+        .status();
+    assert_eq!(daemons.len(), 1, "the daemon was started once: {daemons:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -623,16 +648,19 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
         .iter()
         .any(|c| c["contender"] == "other" && c["case"] == "udp"));
     assert!(stdout.contains("CPU busy"), "{stdout}");
-    let left = Command::new("pgrep")
-        .args(["-f", "--", marker])
-        .output()
-        .unwrap();
-    // 1: no process matched (2 would be a usage error).
     assert_eq!(
-        left.status.code(),
-        Some(1),
-        "the peer was left running: {}",
-        String::from_utf8_lossy(&left.stdout)
+        left_running(marker),
+        Vec::<String>::new(),
+        "the peer was left running"
     );
+    assert!(stdout.contains("went to the background"), "{stdout}");
+    let daemon_runs: Vec<_> = raw.iter().filter(|r| r["contender"] == "daemon").collect();
+    assert_eq!(daemon_runs.len(), 3, "{daemon_runs:#?}");
+    for run in daemon_runs {
+        assert!(
+            run["error"].as_str().unwrap().starts_with("did not start"),
+            "{run:#?}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -50,10 +50,11 @@ pub(crate) struct PeersArgs {
     #[arg(long, value_delimiter = ',')]
     pub(crate) contenders: Vec<String>,
     /// Another SOCKS5 server to compare, built or installed outside this project (repeat
-    /// for several): NAME=COMMAND, where COMMAND is a shell command that runs the server in
-    /// the foreground on 127.0.0.1, with `{port}` standing for the port it must listen on,
-    /// e.g. --peer 'hev=./hev.sh {port}'. It is pinned to the proxy core like the others
-    /// and runs every SOCKS case; what it cannot do (UDP, say) shows as n/a.
+    /// for several): NAME=COMMAND, where COMMAND is a shell command line (run by `sh -c`)
+    /// that runs the server in the foreground on 127.0.0.1, `{port}` standing for the port
+    /// it must listen on, e.g. --peer 'hev=./hev.sh {port}'. It is pinned to the proxy
+    /// core like the others, runs every SOCKS case (what it cannot do, UDP say, shows as
+    /// n/a) and is stopped with everything its command started.
     #[arg(long, value_name = "NAME=COMMAND", value_parser = parse_peer)]
     pub(crate) peer: Vec<Peer>,
     /// Cases to run: throughput, iperf3, connrate, latency, udp, idle (default: all).
@@ -192,6 +193,9 @@ struct Proxy {
     child: Child,
     pid: u32,
     addr: SocketAddr,
+    /// A `--peer`: its shell and everything the shell started form a process group of
+    /// their own, stopped together.
+    own_group: bool,
 }
 
 pub(crate) async fn run(a: PeersArgs) -> ExitCode {
@@ -299,13 +303,24 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     let run = async {
         // A server that runs no selected case is not started (nor required).
         let runs_a_case = |c: &str| cases.iter().any(|case| applies(c, case.scenario).is_ok());
+        // A peer that does not start is reported in each of its cases; the run goes on
+        // without it. Without ferrosocks there is nothing to compare.
+        let mut not_started: BTreeMap<String, String> = BTreeMap::new();
         for c in contenders
             .iter()
             .filter(|c| *c != "direct" && runs_a_case(c))
         {
-            let p = start_proxy(c, &a, &ferro_bin, &work, targets_port).await?;
-            println!("  {c}: {} (pid {})", p.addr, p.pid);
-            proxies.insert(c.clone(), p);
+            match start_proxy(c, &a, &ferro_bin, &work, targets_port).await {
+                Ok(p) => {
+                    println!("  {c}: {} (pid {})", p.addr, p.pid);
+                    proxies.insert(c.clone(), p);
+                }
+                Err(e) if c != "ferrosocks" => {
+                    println!("  {c}: did not start, left out: {e:#}");
+                    not_started.insert(c.clone(), format!("{e:#}"));
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut raw = Vec::new();
         let started = Instant::now();
@@ -325,13 +340,32 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                         });
                         continue;
                     }
-                    if case.scenario == "idle" && c != "direct" {
+                    if case.scenario == "idle" && c != "direct" && !not_started.contains_key(c) {
                         // A fresh process: memory from earlier cases must not count.
                         if let Some(old) = proxies.remove(c) {
                             stop_proxy(old).await;
                         }
-                        let p = start_proxy(c, &a, &ferro_bin, &work, targets_port).await?;
-                        proxies.insert(c.clone(), p);
+                        match start_proxy(c, &a, &ferro_bin, &work, targets_port).await {
+                            Ok(p) => {
+                                proxies.insert(c.clone(), p);
+                            }
+                            Err(e) if c != "ferrosocks" => {
+                                not_started.insert(c.clone(), format!("{e:#}"));
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    if let Some(why) = not_started.get(c) {
+                        let _ = write!(line, "  {c}: n/a");
+                        raw.push(Raw {
+                            rep,
+                            case: case.name.to_string(),
+                            contender: c.clone(),
+                            report: None,
+                            error: Some(format!("did not start: {why}")),
+                            cpu_busy_percent: None,
+                        });
+                        continue;
                     }
                     let proxy = proxies.get(c);
                     let forward = targets_port.filter(|_| is_forwarder(c));
@@ -379,7 +413,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
          n/a = the contender failed or cannot do it (see the JSON for why)",
         a.reps
     );
-    let cpu = cpu_summary(&raw);
+    let cpu = cpu_summary(&raw, &contenders);
     println!("CPU busy, % of the generator's core / the proxies' core (medians):");
     for case in cpu.chunk_by(|x, y| x.case == y.case) {
         let mut line = format!("  {:<10}", case[0].case);
@@ -446,8 +480,10 @@ fn parse_cpu_times(stat: &str) -> BTreeMap<usize, (u64, u64)> {
         .filter_map(|l| {
             let mut f = l.split_whitespace();
             let cpu = f.next()?.strip_prefix("cpu")?.parse::<usize>().ok()?;
-            // user nice system idle iowait irq softirq steal (guest time is inside user).
-            let v: Vec<u64> = f.take(8).filter_map(|x| x.parse().ok()).collect();
+            // user nice system idle iowait irq softirq (guest time is inside user). Steal,
+            // time the host gave the vCPU to others, is neither: the share is of the time
+            // the vCPU ran.
+            let v: Vec<u64> = f.take(7).filter_map(|x| x.parse().ok()).collect();
             let total: u64 = v.iter().sum();
             let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
             Some((cpu, (total - idle, total)))
@@ -464,7 +500,8 @@ fn cpu_busy(
         let (b0, t0) = before.get(&cpu)?;
         let (b1, t1) = after.get(&cpu)?;
         let total = t1.checked_sub(*t0).filter(|&t| t > 0)?;
-        Some(100.0 * b1.saturating_sub(*b0) as f64 / total as f64)
+        // iowait can step back on Linux, so a share could stray past the bounds.
+        Some((100.0 * b1.saturating_sub(*b0) as f64 / total as f64).clamp(0.0, 100.0))
     };
     Some(CpuBusy {
         generator: share(a.generator_cpu)?,
@@ -472,9 +509,9 @@ fn cpu_busy(
     })
 }
 
-/// Medians of the busy shares per case and contender, in the order measured, each case's
-/// contenders together.
-fn cpu_summary(raw: &[Raw]) -> Vec<CpuSummary> {
+/// Medians of the busy shares per case and contender: cases in the order measured, each
+/// case's contenders in `contenders` order.
+fn cpu_summary(raw: &[Raw], contenders: &[String]) -> Vec<CpuSummary> {
     // (case, contender) in the order first measured, with every share measured for it.
     let mut groups: Vec<(&Raw, Vec<CpuBusy>)> = Vec::new();
     for r in raw {
@@ -489,8 +526,12 @@ fn cpu_summary(raw: &[Raw]) -> Vec<CpuSummary> {
             None => groups.push((r, vec![busy])),
         }
     }
-    // A contender whose first repetition failed joins its case's other contenders.
-    groups.sort_by_key(|(first, _)| raw.iter().position(|r| r.case == first.case));
+    groups.sort_by_cached_key(|(first, _)| {
+        (
+            raw.iter().position(|r| r.case == first.case),
+            contenders.iter().position(|c| *c == first.contender),
+        )
+    });
     groups
         .into_iter()
         .filter_map(|(first, shares)| {
@@ -734,8 +775,19 @@ fn contenders(a: &PeersArgs) -> anyhow::Result<Vec<String>> {
                 CONTENDERS.join(", ")
             );
         }
-        if list[..i].contains(c) || a.peer.iter().filter(|p| &p.name == c).count() > 1 {
+        if list[..i].contains(c) {
             bail!("contender {c:?} is named twice");
+        }
+    }
+    for (i, p) in a.peer.iter().enumerate() {
+        if a.peer[..i].iter().any(|q| q.name == p.name) {
+            bail!("--peer {} is given twice", p.name);
+        }
+        if !list.contains(&p.name) {
+            bail!(
+                "--peer {0} is not among --contenders: add it there, or drop the --peer",
+                p.name
+            );
         }
     }
     Ok(list)
@@ -873,14 +925,18 @@ async fn start_proxy(
                     .iter()
                     .find(|p| p.name == other)
                     .with_context(|| format!("unknown proxy {other}"))?;
-                // `exec`: the server itself has the pid that is measured and stopped.
-                cmd.arg("sh").arg("-c").arg(format!(
-                    "exec {}",
-                    peer.command.replace("{port}", &port.to_string())
-                ));
+                // Any shell command line (variables, `cd … &&`, a wrapper script): the
+                // shell stays as the server's parent, and the idle case counts the RSS
+                // the whole tree gains. Its own process group lets `stop_proxy` reach
+                // whatever the command started.
+                cmd.arg("sh")
+                    .arg("-c")
+                    .arg(peer.command.replace("{port}", &port.to_string()))
+                    .process_group(0);
             }
         }
-        // The servers stay in this process group, so a Ctrl-C in the terminal stops them too.
+        // The built-in servers stay in this process group, so a Ctrl-C in the terminal
+        // stops them too (a peer's group is stopped by the run's own signal handling).
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -892,12 +948,33 @@ async fn start_proxy(
             child,
             pid,
             addr,
+            own_group: !CONTENDERS.contains(&kind),
         };
         match wait_ready(&mut p).await {
             Ok(()) => return Ok(p),
             Err(e) => {
-                last_err = Some(e);
+                // Exited, yet its port answers (soon): it went to the background in a
+                // session of its own, out of reach of `stop_proxy`. Starting it again
+                // would leave one more behind.
+                let mut backgrounded = false;
+                if matches!(p.child.try_wait(), Ok(Some(_))) {
+                    for _ in 0..20 {
+                        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                            backgrounded = true;
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
                 stop_proxy(p).await;
+                if backgrounded {
+                    bail!(
+                        "{kind} exited but something now listens on {addr}: the server went \
+                         to the background and is still running there (stop it by hand); \
+                         its command must keep it in the foreground"
+                    );
+                }
+                last_err = Some(e);
             }
         }
     }
@@ -925,18 +1002,58 @@ async fn wait_ready(p: &mut Proxy) -> anyhow::Result<()> {
     bail!("{} does not accept on {} after 15 s", p.kind, p.addr)
 }
 
-/// SIGTERM by pid (Dante and nginx then stop their helpers), SIGKILL after 5 s.
+/// SIGTERM by pid (Dante and nginx then stop their helpers), or to a peer's whole process
+/// group; SIGKILL after 5 s.
 async fn stop_proxy(mut p: Proxy) {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(p.pid.to_string())
-        .status();
-    if tokio::time::timeout(Duration::from_secs(5), p.child.wait())
+    // `kill -TERM -- -PGID` signals the group whose id is the shell's pid.
+    let target = if p.own_group {
+        format!("-{}", p.pid)
+    } else {
+        p.pid.to_string()
+    };
+    let kill = |signal: &str| {
+        std::process::Command::new("kill")
+            .args([signal, "--", &target])
+            .stderr(Stdio::null())
+            .status()
+    };
+    let _ = kill("-TERM");
+    let stopped = tokio::time::timeout(Duration::from_secs(5), p.child.wait())
         .await
-        .is_err()
-    {
+        .is_ok();
+    if p.own_group {
+        // The shell may be gone before what it started: give the group the same 5 s.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_alive(p.pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if group_alive(p.pid) {
+            let _ = kill("-KILL");
+        }
+    }
+    if !stopped {
         let _ = p.child.kill().await;
     }
+}
+
+/// Whether a process of group `pgid` is still running (zombies waiting for a parent to
+/// collect them do not count).
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // After the command name's last ')': state, ppid, pgrp.
+                let mut f = stat.rsplit_once(')')?.1.split_whitespace();
+                let state = f.next()?;
+                let pgrp = f.nth(1)?.parse::<u32>().ok()?;
+                Some(pgrp == pgid && state != "Z")
+            })
+            .unwrap_or(false)
+    })
 }
 
 /// Dante on loopback. As root it needs both privilege users; `client pass` admits the
@@ -1173,6 +1290,20 @@ mod tests {
         );
         let twice = args(&["--peer", "a=x {port}", "--peer", "a=y {port}"]);
         assert!(contenders(&twice).is_err());
+        let twice = [
+            "--peer",
+            "a=x {port}",
+            "--peer",
+            "a=y {port}",
+            "--contenders",
+            "a",
+        ];
+        assert!(contenders(&args(&twice)).is_err());
+        let unused = args(&["--peer", "a=x {port}", "--contenders", "direct,ferrosocks"]);
+        assert!(
+            contenders(&unused).is_err(),
+            "a --peer left out is a mistake"
+        );
         assert!(contenders(&args(&["--contenders", "direct,direct"])).is_err());
 
         for bad in [
@@ -1192,14 +1323,18 @@ mod tests {
             format!(
                 "cpu  1 2 3 4 5 6 7 8 0 0\n\
                  cpu0 {} 0 50 {} 0 0 0 0 0 0\n\
-                 cpu1 {} 0 0 {} 7 0 0 0 0 0\n\
+                 cpu1 {} 0 0 {} 7 0 0 9 0 0\n\
                  intr 12345\n",
                 cpu0.0, cpu0.1, cpu1.0, cpu1.1
             )
         };
         let before = parse_cpu_times(&stat((100, 850), (0, 0)));
         assert_eq!(before[&0], (150, 1000));
-        assert_eq!(before[&1], (0, 7), "iowait counts as idle");
+        assert_eq!(
+            before[&1],
+            (0, 7),
+            "iowait counts as idle, steal not at all"
+        );
         assert_eq!(before.len(), 2, "the all-CPU line is not a CPU");
         let after = parse_cpu_times(&stat((190, 860), (30, 70)));
         let mut a = args(&[]);
@@ -1221,13 +1356,17 @@ mod tests {
                 proxy: 100.0 - g,
             }),
         };
-        let summary = cpu_summary(&[
-            raw("udp", "direct", 99.0, None),
-            raw("udp", "ferrosocks", 98.0, None),
-            raw("udp", "direct", 97.0, None),
-            raw("udp", "ferrosocks", 90.0, Some("failed")),
-            raw("udp", "direct", 100.0, None),
-        ]);
+        let names = ["direct", "other", "ferrosocks"].map(String::from);
+        let summary = cpu_summary(
+            &[
+                raw("udp", "direct", 99.0, None),
+                raw("udp", "ferrosocks", 98.0, None),
+                raw("udp", "direct", 97.0, None),
+                raw("udp", "ferrosocks", 90.0, Some("failed")),
+                raw("udp", "direct", 100.0, None),
+            ],
+            &names,
+        );
         assert_eq!(summary.len(), 2);
         assert_eq!(
             (summary[0].contender.as_str(), summary[0].generator_median),
@@ -1239,13 +1378,17 @@ mod tests {
             "failed runs do not count"
         );
 
-        // A contender that failed its first repetition still lines up with its case.
-        let summary = cpu_summary(&[
-            raw("udp", "direct", 99.0, None),
-            raw("udp", "ferrosocks", 90.0, Some("failed")),
-            raw("latency", "direct", 50.0, None),
-            raw("udp", "ferrosocks", 98.0, None),
-        ]);
+        // A contender that failed its first repetition still takes its place in its case.
+        let summary = cpu_summary(
+            &[
+                raw("udp", "direct", 99.0, None),
+                raw("udp", "ferrosocks", 90.0, Some("failed")),
+                raw("udp", "other", 90.0, None),
+                raw("latency", "direct", 50.0, None),
+                raw("udp", "ferrosocks", 98.0, None),
+            ],
+            &names,
+        );
         let order: Vec<_> = summary
             .iter()
             .map(|c| (c.case.as_str(), c.contender.as_str()))
@@ -1254,6 +1397,7 @@ mod tests {
             order,
             [
                 ("udp", "direct"),
+                ("udp", "other"),
                 ("udp", "ferrosocks"),
                 ("latency", "direct")
             ]
