@@ -14,7 +14,7 @@
 //! kernel builds and routes one packet, and the device or the last step before it cuts it
 //! into the original datagrams. Over loopback that cut happens on the relay's core and
 //! costs the receiver, on the same machine, more than it saves the relay, so loopback
-//! destinations get separate datagrams (see `mmsg::gso_max_segment`). A socket whose
+//! destinations get separate datagrams (see `mmsg::local_by_address`). A socket whose
 //! kernel or route refuses segmentation goes back to sending datagrams one by one.
 //!
 //! A slot holds a datagram of any size (65,535 bytes behind [`HEADROOM`]): a datagram cut
@@ -202,8 +202,8 @@ struct Lane {
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     segmented: bool,
     /// Whether runs to loopback destinations are segmented too. Never in the server (see
-    /// `gso_max_segment`); set by tests, which have no other destination to check a
-    /// segmented send with.
+    /// `mmsg::local_by_address`); set by tests, which have no other destination to check
+    /// a segmented send with.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     segment_loopback: bool,
 }
@@ -790,25 +790,27 @@ mod mmsg {
     /// IP and UDP headers: 28 bytes for IPv4, 48 for IPv6). The kernel refuses segments
     /// larger than the route's MTU, and the per-datagram cost that segmentation saves
     /// matters most for small datagrams.
-    ///
-    /// 0 (never segmented) for a loopback destination unless `loopback_too`. Its receiver
-    /// runs on this machine, and a segmented packet sent over loopback is cut into
-    /// datagrams on the relay's core and handed over as pieces of shared pages; reading
-    /// and freeing those costs the receiver more than separate datagrams do. In the UDP
-    /// benchmark (window of 64, the generator's core the limit) segmenting cost the
-    /// receiver 7 % of its throughput, for 13 % of the relay's own CPU per round trip. A
-    /// receiver on another machine gets ordinary packets either way, so there the saving
-    /// is free.
-    fn gso_max_segment(dest: SocketAddr, loopback_too: bool) -> usize {
-        let ip = dest.ip().to_canonical();
-        if ip.is_loopback() && !loopback_too {
-            return 0;
-        }
-        if ip.is_ipv6() {
+    fn gso_max_segment(dest: SocketAddr) -> usize {
+        if dest.ip().to_canonical().is_ipv6() {
             1452
         } else {
             1472
         }
+    }
+
+    /// Whether datagrams to `dest` stay on this machine by their address: loopback, or
+    /// the unspecified address, which Linux delivers locally too. Such a receiver runs
+    /// here, and a segmented packet sent over loopback is cut into datagrams on the
+    /// relay's core and handed over as pieces of shared pages; reading and freeing those
+    /// costs the receiver more than separate datagrams do. In the UDP benchmark (window of
+    /// 64, the generator's core the limit) segmenting cost the receiver 7 % of its
+    /// throughput, for 13 % of the relay's own CPU per round trip. A receiver on another
+    /// machine gets ordinary packets either way, so there the saving is free. (This
+    /// host's own other addresses loop back as well; telling them apart would take a
+    /// route lookup per destination, so they are segmented like remote ones.)
+    fn local_by_address(dest: SocketAddr) -> bool {
+        let ip = dest.ip().to_canonical();
+        ip.is_loopback() || ip.is_unspecified()
     }
 
     /// Whether a refused segmented send means the socket cannot segment at all (no
@@ -831,7 +833,10 @@ mod mmsg {
             return 0;
         };
         let len = first.bytes(slots).len();
-        if len == 0 || len > gso_max_segment(first.dest, loopback_too) {
+        if len == 0
+            || len > gso_max_segment(first.dest)
+            || (local_by_address(first.dest) && !loopback_too)
+        {
             return 1;
         }
         let limit = outgoing.len().min(SLOTS).min(GSO_MAX_BYTES / len);
@@ -942,6 +947,8 @@ mod tests {
             "127.3.2.1:53",
             "[::1]:53",
             "[::ffff:127.0.0.1]:53",
+            "0.0.0.0:53",
+            "[::]:53",
         ] {
             let lo: SocketAddr = lo.parse().unwrap();
             assert_eq!(run(&[(lo, 100), (lo, 100)]), 1, "{lo}");
