@@ -259,6 +259,20 @@ struct Raw {
     cpu_busy_percent: Option<CpuBusy>,
 }
 
+impl Raw {
+    /// A case `contender` was not measured in, and why.
+    fn unmeasured(rep: usize, case: &Case, contender: &str, error: String) -> Raw {
+        Raw {
+            rep,
+            case: case.name.to_string(),
+            contender: contender.to_string(),
+            report: None,
+            error: Some(error),
+            cpu_busy_percent: None,
+        }
+    }
+}
+
 async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     let duration = a.duration.unwrap_or(if a.quick {
         Duration::from_secs(1)
@@ -328,43 +342,35 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
             for case in &cases {
                 let mut line = format!("[{}/{}] {:<10}", rep + 1, a.reps, case.name);
                 for c in &contenders {
-                    if let Err(why) = applies(c, case.scenario) {
-                        let _ = write!(line, "  {c}: -");
-                        raw.push(Raw {
-                            rep,
-                            case: case.name.to_string(),
-                            contender: c.clone(),
-                            report: None,
-                            error: Some(format!("{NOT_APPLICABLE}: {why}")),
-                            cpu_busy_percent: None,
-                        });
-                        continue;
-                    }
-                    if case.scenario == "idle" && c != "direct" && !not_started.contains_key(c) {
-                        // A fresh process: memory from earlier cases must not count.
-                        if let Some(old) = proxies.remove(c) {
-                            stop_proxy(old).await;
-                        }
-                        match start_proxy(c, &a, &ferro_bin, &work, targets_port).await {
-                            Ok(p) => {
-                                proxies.insert(c.clone(), p);
+                    let skipped = match applies(c, case.scenario) {
+                        Err(why) => Some(("-", format!("{NOT_APPLICABLE}: {why}"))),
+                        Ok(()) => {
+                            if case.scenario == "idle"
+                                && c != "direct"
+                                && !not_started.contains_key(c)
+                            {
+                                // A fresh process: memory from earlier cases must not count.
+                                if let Some(old) = proxies.remove(c) {
+                                    stop_proxy(old).await;
+                                }
+                                match start_proxy(c, &a, &ferro_bin, &work, targets_port).await {
+                                    Ok(p) => {
+                                        proxies.insert(c.clone(), p);
+                                    }
+                                    Err(e) if c != "ferrosocks" => {
+                                        not_started.insert(c.clone(), format!("{e:#}"));
+                                    }
+                                    Err(e) => return Err(e),
+                                }
                             }
-                            Err(e) if c != "ferrosocks" => {
-                                not_started.insert(c.clone(), format!("{e:#}"));
-                            }
-                            Err(e) => return Err(e),
+                            not_started
+                                .get(c)
+                                .map(|why| ("n/a", format!("did not start: {why}")))
                         }
-                    }
-                    if let Some(why) = not_started.get(c) {
-                        let _ = write!(line, "  {c}: n/a");
-                        raw.push(Raw {
-                            rep,
-                            case: case.name.to_string(),
-                            contender: c.clone(),
-                            report: None,
-                            error: Some(format!("did not start: {why}")),
-                            cpu_busy_percent: None,
-                        });
+                    };
+                    if let Some((mark, error)) = skipped {
+                        let _ = write!(line, "  {c}: {mark}");
+                        raw.push(Raw::unmeasured(rep, case, c, error));
                         continue;
                     }
                     let proxy = proxies.get(c);
