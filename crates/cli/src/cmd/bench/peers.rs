@@ -421,6 +421,12 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     );
     let cpu = cpu_summary(&raw, &contenders);
     println!("CPU busy, % of the generator's core / the proxies' core (medians):");
+    if a.proxy_cpu == a.generator_cpu {
+        println!(
+            "  (proxies and generator share CPU {}: both figures are that core's)",
+            a.proxy_cpu
+        );
+    }
     for case in cpu.chunk_by(|x, y| x.case == y.case) {
         let mut line = format!("  {:<10}", case[0].case);
         for c in case {
