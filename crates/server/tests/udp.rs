@@ -126,6 +126,38 @@ async fn udp_round_trips_with_busy_polling_off_and_at_its_longest() {
     }
 }
 
+/// While an association busy-polls its sockets are out of the runtime's epoll, and they
+/// go back in when the window closes. Bursts that start after a pause (registered: the
+/// first datagram wakes the association) and continue while it polls, in both
+/// directions, all arrive in order; so does a datagram sent just as a window may be
+/// closing.
+#[tokio::test]
+async fn udp_bursts_cross_busy_polling_windows_without_loss() {
+    let echo = udp_echo("127.0.0.1:0").await;
+    let mut config = test_config();
+    config.busy_poll =
+        ferrosocks_server::BusyPoll::Window(ferrosocks_server::busy_poll::DEFAULT_BUSY_POLL);
+    let server = spawn_server(config).await;
+    let a = associate(&server, "127.0.0.1:0", None).await;
+    for round in 0..10u64 {
+        let burst: Vec<String> = (0..20).map(|i| format!("round {round} #{i}")).collect();
+        for payload in &burst {
+            a.send(&echo.to_string(), payload.as_bytes()).await;
+        }
+        for payload in &burst {
+            let (src, got) = a.recv().await;
+            assert_eq!(src, Addr::Ip(echo));
+            assert_eq!(got, payload.as_bytes());
+        }
+        // Pauses around the window's length, so some rounds start right as it closes.
+        tokio::time::sleep(Duration::from_micros(20 + 15 * round)).await;
+        a.send(&echo.to_string(), b"after the pause").await;
+        assert_eq!(a.recv().await.1, b"after the pause");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(nothing_arrives(&a.socket).await);
+}
+
 #[tokio::test]
 async fn udp_large_datagram_round_trip() {
     let echo = udp_echo("127.0.0.1:0").await;

@@ -17,6 +17,9 @@
 //! destinations get separate datagrams (see `mmsg::local_by_address`). A socket whose
 //! kernel or route refuses segmentation goes back to sending datagrams one by one.
 //!
+//! While the association busy-polls after traffic, its two sockets are out of the
+//! runtime's epoll and each round tries both (see [`super::socket`] for why).
+//!
 //! A slot holds a datagram of any size (65,535 bytes behind [`HEADROOM`]): a datagram cut
 //! short by a small buffer is consumed all the same and cannot be read again, so smaller slots
 //! would lose large datagrams. Memory per association: no slots while idle (they are
@@ -38,11 +41,11 @@ use ferrosocks_proto::addr::atyp;
 use ferrosocks_proto::frag::{FragOutcome, Reassembly};
 use ferrosocks_proto::udp::decode_datagram;
 use ferrosocks_proto::{Addr, Command};
-use tokio::net::UdpSocket;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::socket::RelaySocket;
 use crate::busy_poll::{self, Spin};
 use crate::resolve::resolve;
 use crate::rules::{Decision, RuleInput, Rules};
@@ -72,8 +75,8 @@ const NAME_CACHE_TTL: Duration = Duration::from_secs(30);
 const NAME_CACHE_SIZE: usize = 64;
 
 pub(crate) struct Association {
-    pub(crate) client_socket: UdpSocket,
-    pub(crate) outbound: UdpSocket,
+    pub(crate) client_socket: RelaySocket,
+    pub(crate) outbound: RelaySocket,
     pub(crate) client_ip: IpAddr,
     pub(crate) client_port: Option<u16>,
     pub(crate) client_user: Option<String>,
@@ -223,7 +226,7 @@ impl Lane {
     /// Receives up to `want` (at most [`SLOTS`]) datagrams from `socket` into the slots;
     /// returns how many. 0 when none is queued, or on an error (as the per-datagram loop
     /// always did: a socket error ends the drain, readiness brings the loop back).
-    fn receive(&mut self, socket: &UdpSocket, want: usize) -> usize {
+    fn receive(&mut self, socket: &RelaySocket, want: usize) -> usize {
         self.received.clear();
         let want = want.min(SLOTS);
         // `vec!` of zeros comes from calloc: the pages of a slot become resident only once a
@@ -233,9 +236,7 @@ impl Lane {
         if self.batched {
             use std::os::fd::AsRawFd;
             let received = &mut self.received;
-            match socket.try_io(tokio::io::Interest::READABLE, || {
-                mmsg::receive(socket.as_raw_fd(), slots, want, received)
-            }) {
+            match socket.try_receive(|s| mmsg::receive(s.as_raw_fd(), slots, want, received)) {
                 Ok(()) => return self.received.len(),
                 Err(e)
                     if matches!(
@@ -271,7 +272,7 @@ impl Lane {
     /// room in a full send buffer instead of dropping.
     async fn send(
         &mut self,
-        socket: &UdpSocket,
+        socket: &RelaySocket,
         state: &mut State,
         direction: Direction,
         now: Instant,
@@ -298,14 +299,13 @@ impl Lane {
                 } else {
                     rest
                 };
-                let fd = socket.as_raw_fd();
-                match socket.try_io(tokio::io::Interest::WRITABLE, || {
-                    if segmented {
-                        mmsg::send_segmented(fd, slots, batch).map(|()| batch.len())
-                    } else {
-                        mmsg::send(fd, slots, batch)
-                    }
-                }) {
+                let fd = socket.sender().as_raw_fd();
+                let sent = if segmented {
+                    mmsg::send_segmented(fd, slots, batch).map(|()| batch.len())
+                } else {
+                    mmsg::send(fd, slots, batch)
+                };
+                match sent {
                     Ok(sent) => {
                         for o in &batch[..sent] {
                             state.relayed(direction, o.counted, now);
@@ -362,7 +362,7 @@ impl Lane {
 /// it as relayed or dropped: the path every datagram can take, and the one that reports
 /// an error as that datagram's own.
 async fn send_one(
-    socket: &UdpSocket,
+    socket: &RelaySocket,
     slots: &[u8],
     o: &Outgoing,
     state: &mut State,
@@ -376,7 +376,7 @@ async fn send_one(
 }
 
 impl Association {
-    pub(crate) async fn run(self, stop: CancellationToken) -> UdpStats {
+    pub(crate) async fn run(mut self, stop: CancellationToken) -> UdpStats {
         let idle = self.shared.config.timeouts.udp_idle;
         let mut state = State {
             client_addr: self.client_port.map(|p| SocketAddr::new(self.client_ip, p)),
@@ -400,16 +400,37 @@ impl Association {
         let stopped = stop.cancelled();
         tokio::pin!(stopped);
         let mut spin = Spin::new(self.shared.busy_poll);
+        // Whether both sockets are out of the runtime's epoll: exactly while spinning (see
+        // `socket`).
+        let mut polled = false;
         state.stats.end = loop {
             // Neither readiness nor `select!` takes from tokio's task budget: without this, an
             // association that always has datagrams would keep its worker to itself.
             tokio::task::consume_budget().await;
             let held = up.slots.is_some() || down.slots.is_some();
             let spinning = spin.active();
+            if spinning != polled {
+                let changed = self
+                    .client_socket
+                    .set_polled(spinning)
+                    .and_then(|()| self.outbound.set_polled(spinning));
+                if let Err(e) = changed {
+                    tracing::warn!(error = %e, "UDP: relay socket could not be registered");
+                    break "relay socket failed";
+                }
+                polled = spinning;
+            }
             tokio::select! {
-                // Right after traffic: check for the next datagram without sleeping.
-                () = busy_poll::tick(), if spinning => continue,
-                ready = self.client_socket.readable() => {
+                // Right after traffic: no readiness comes while the sockets are out of the
+                // epoll, so each round tries both, without sleeping.
+                () = busy_poll::tick(), if polled => {
+                    let up_moved = self.relay_up(&mut state, &mut up, outbound_v6).await;
+                    let down_moved = self.relay_down(&mut state, &mut down).await;
+                    if up_moved || down_moved {
+                        spin.moved();
+                    }
+                }
+                ready = self.client_socket.readable(), if !polled => {
                     if ready.is_err() {
                         break "relay socket failed";
                     }
@@ -417,7 +438,7 @@ impl Association {
                         spin.moved();
                     }
                 }
-                ready = self.outbound.readable() => {
+                ready = self.outbound.readable(), if !polled => {
                     if ready.is_err() {
                         break "relay socket failed";
                     }
@@ -887,8 +908,16 @@ mod mmsg {
 mod tests {
     use bytes::BytesMut;
     use ferrosocks_proto::{Encode, Frag, UdpHeader};
+    use tokio::net::UdpSocket;
 
     use super::*;
+
+    /// A relay socket on loopback, registered as the association's own are.
+    fn relay_socket() -> RelaySocket {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_nonblocking(true).unwrap();
+        RelaySocket::new(socket).unwrap()
+    }
 
     #[test]
     fn reply_header_is_the_encoded_udp_header_at_the_end_of_the_headroom() {
@@ -1009,7 +1038,7 @@ mod tests {
     #[tokio::test]
     async fn runs_to_a_loopback_destination_go_as_separate_datagrams() {
         use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = relay_socket();
         let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         setsockopt(&receiver, UdpGroSegment, &true).unwrap();
         let to = receiver.local_addr().unwrap();
@@ -1046,7 +1075,7 @@ mod tests {
     async fn a_run_refused_for_its_destination_goes_one_by_one_and_segmentation_stays_on() {
         // An IPv4 socket cannot send to an IPv6 address: the kernel refuses it locally, as
         // it would refuse a destination the rules of the host forbid.
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let socket = relay_socket();
         let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let good = receiver.local_addr().unwrap();
         let refused: SocketAddr = "[::1]:9".parse().unwrap();

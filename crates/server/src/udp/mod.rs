@@ -2,6 +2,7 @@
 //! the client can reach, alive as long as its TCP connection (and not idle).
 
 mod association;
+mod socket;
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -13,7 +14,6 @@ use ferrosocks_proto::{
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::AsyncReadExt;
-use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +24,7 @@ use crate::session::Conn;
 use crate::Shared;
 
 use association::{Association, UdpStats};
+use socket::RelaySocket;
 
 /// Socket buffers for relay sockets: bursts of datagrams must wait in the kernel rather
 /// than be dropped while the relay task is busy. The kernel caps this at `net.core.rmem_max`.
@@ -221,14 +222,14 @@ fn set_buffer_sizes(socket: &Socket) {
     let _ = socket.set_send_buffer_size(UDP_SOCKET_BUFFER);
 }
 
-fn into_tokio(socket: Socket) -> std::io::Result<UdpSocket> {
-    UdpSocket::from_std(socket.into())
+fn into_relay(socket: Socket) -> std::io::Result<RelaySocket> {
+    RelaySocket::new(socket.into())
 }
 
 /// The client-facing socket, on `ip`, in the configured port range if there is one.
-fn bind_udp(ip: IpAddr, range: Option<&RangeInclusive<u16>>) -> Result<UdpSocket, SessionError> {
+fn bind_udp(ip: IpAddr, range: Option<&RangeInclusive<u16>>) -> Result<RelaySocket, SessionError> {
     let Some(range) = range else {
-        return Ok(into_tokio(new_udp_socket(SocketAddr::new(ip, 0), false)?)?);
+        return Ok(into_relay(new_udp_socket(SocketAddr::new(ip, 0), false)?)?);
     };
     // Start at a pseudo-random port so concurrent associations do not all race for the
     // first one.
@@ -242,7 +243,7 @@ fn bind_udp(ip: IpAddr, range: Option<&RangeInclusive<u16>>) -> Result<UdpSocket
     for i in 0..span {
         let port = *range.start() as u32 + (offset + i) % span;
         match new_udp_socket(SocketAddr::new(ip, port as u16), false) {
-            Ok(s) => return Ok(into_tokio(s)?),
+            Ok(s) => return Ok(into_relay(s)?),
             Err(e) => last_error = Some(e),
         }
     }
@@ -254,11 +255,11 @@ fn bind_udp(ip: IpAddr, range: Option<&RangeInclusive<u16>>) -> Result<UdpSocket
 
 /// The socket datagrams leave from and replies arrive on: one dual-stack socket when the
 /// host has IPv6, so IPv4 and IPv6 destinations share it; IPv4 only otherwise.
-fn bind_outbound() -> Result<UdpSocket, SessionError> {
+fn bind_outbound() -> Result<RelaySocket, SessionError> {
     let dual = new_udp_socket(SocketAddr::from(([0u16; 8], 0)), true);
     let socket = match dual {
         Ok(s) => s,
         Err(_) => new_udp_socket(SocketAddr::from(([0, 0, 0, 0], 0)), false)?,
     };
-    Ok(into_tokio(socket)?)
+    Ok(into_relay(socket)?)
 }
