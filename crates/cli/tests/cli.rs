@@ -827,3 +827,44 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `bench/udp_window.py`, the README's second UDP generator, runs direct and through the
+/// server, reports a rate with nothing lost, and its proxied datagrams did cross the
+/// server (the association's access-log line counts them both ways).
+#[test]
+fn the_python_udp_generator_measures_direct_and_through_the_server() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/udp_window.py");
+    let mut served = serve("", "--listen 127.0.0.1:0 --access-log-format json");
+    let proxy = served.addr.to_string();
+    for route in [vec!["--direct"], vec!["--proxy", proxy.as_str()]] {
+        let out = Command::new("python3")
+            .arg(script)
+            .args(&route)
+            .args(["--seconds", "0.3", "--window", "8", "--size", "100"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{route:?}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rate: f64 = text
+            .split(": ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{route:?}: no rate in {text:?}"));
+        assert!(rate > 0.0, "{text}");
+        assert!(text.contains(", 0 lost"), "{text}");
+    }
+    send_signal(&served, "-TERM");
+    assert_eq!(exit_code_within_10s(&mut served), Some(0));
+    let stdout = served.stdout_to_end();
+    let line: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(line["command"], "UDP_ASSOCIATE");
+    // 100-byte payloads, at least the window's 8 each way.
+    for direction in ["bytes_up", "bytes_down"] {
+        assert!(line[direction].as_u64().unwrap() >= 800, "{line}");
+    }
+}
