@@ -834,15 +834,32 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
 #[test]
 fn the_python_udp_generator_measures_direct_and_through_the_server() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/udp_window.py");
-    let mut served = serve("", "--listen 127.0.0.1:0 --access-log-format json");
+    // Busy-polling forced on, so the association's sockets also leave the epoll and come
+    // back (the default turns it off on a runtime with several workers).
+    let mut served = serve(
+        "",
+        "--listen 127.0.0.1:0 --access-log-format json --busy-poll 50us",
+    );
     let proxy = served.addr.to_string();
     for route in [vec!["--direct"], vec!["--proxy", proxy.as_str()]] {
-        let out = Command::new("python3")
+        let mut generator = Command::new("python3")
             .arg(script)
             .args(&route)
             .args(["--seconds", "0.3", "--window", "8", "--size", "100"])
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        // It ends by itself in about a second; a generator that hangs fails the test.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while generator.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = generator.kill();
+                panic!("{route:?}: the generator did not finish within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = generator.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success(),

@@ -23,7 +23,8 @@
 //! A slot holds a datagram of any size (65,535 bytes behind [`HEADROOM`]): a datagram cut
 //! short by a small buffer is consumed all the same and cannot be read again, so smaller slots
 //! would lose large datagrams. Memory per association: no slots while idle (they are
-//! allocated on first traffic and released after [`QUIET`] without any); while busy,
+//! allocated on first traffic, for both directions once the association busy-polls, since
+//! each round of it tries both, and released after [`QUIET`] without any); while busy,
 //! `2 × SLOTS × 68 KiB` (1.1 MiB) of address space. A zeroed allocation that large is
 //! normally mapped on demand, so only the pages datagrams were written to become resident:
 //! with small datagrams one page per slot (64 KiB for both directions); with datagrams of

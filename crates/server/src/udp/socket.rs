@@ -1,10 +1,12 @@
 //! A relay UDP socket that can leave the runtime's epoll while its association busy-polls.
 //!
 //! A socket in an epoll set has the epoll's callback on its wait queue, and the kernel
-//! runs it for every datagram queued to the socket (on the sender's core: the client's or
-//! the target's) and, since every send on loopback hands its buffer back at once, for
-//! every datagram the socket sends: each time the epoll's lock, its ready list, and, when
-//! the relay's thread sleeps, a wake-up. While an association busy-polls (see
+//! runs it for every datagram queued to the socket, on the sender's core (the client's or
+//! the target's): the epoll's lock, its ready list, and, when the relay's thread sleeps,
+//! a wake-up. Every send wakes the queue too (on loopback the send buffer is handed back
+//! at once, as "writable"), which for a socket registered for reading only costs the
+//! queue's lock and the epoll's before the event is filtered out. While an association
+//! busy-polls (see
 //! [`crate::busy_poll`]) nothing waits for that readiness: the association tries its
 //! receives itself. So for that window both of its sockets leave the epoll
 //! ([`RelaySocket::set_polled`]), and the senders' cores queue datagrams to a socket
@@ -78,12 +80,15 @@ impl RelaySocket {
     }
 
     /// Waits until a datagram may be queued; readiness stays set until a receive through
-    /// [`Self::try_receive`] finds none. Out of the epoll there is no readiness to wait
-    /// for: it returns after one yield, and the owner's receive finds out.
+    /// [`Self::try_receive`] finds none. Only for a registered socket: out of the epoll
+    /// there is no readiness, and the owner must try its receives instead (a debug build
+    /// panics; a release build returns after one yield, so the owner keeps relaying,
+    /// spinning).
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match &self.state {
             Some(Registration::Registered(fd)) => fd.readable().await.map(drop),
             _ => {
+                debug_assert!(false, "readable() on a UDP socket out of the epoll");
                 tokio::task::yield_now().await;
                 Ok(())
             }
