@@ -913,13 +913,6 @@ mod tests {
 
     use super::*;
 
-    /// A relay socket on loopback, registered as the association's own are.
-    fn relay_socket() -> RelaySocket {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_nonblocking(true).unwrap();
-        RelaySocket::new(socket).unwrap()
-    }
-
     #[test]
     fn reply_header_is_the_encoded_udp_header_at_the_end_of_the_headroom() {
         for src in ["192.0.2.7:53", "[2001:db8::1]:65535", "0.0.0.0:0"] {
@@ -1039,7 +1032,7 @@ mod tests {
     #[tokio::test]
     async fn runs_to_a_loopback_destination_go_as_separate_datagrams() {
         use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
-        let socket = relay_socket();
+        let socket = RelaySocket::loopback();
         let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         setsockopt(&receiver, UdpGroSegment, &true).unwrap();
         let to = receiver.local_addr().unwrap();
@@ -1076,7 +1069,7 @@ mod tests {
     async fn a_run_refused_for_its_destination_goes_one_by_one_and_segmentation_stays_on() {
         // An IPv4 socket cannot send to an IPv6 address: the kernel refuses it locally, as
         // it would refuse a destination the rules of the host forbid.
-        let socket = relay_socket();
+        let socket = RelaySocket::loopback();
         let receiver = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let good = receiver.local_addr().unwrap();
         let refused: SocketAddr = "[::1]:9".parse().unwrap();

@@ -153,16 +153,20 @@ fn register(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    fn bound() -> RelaySocket {
+impl RelaySocket {
+    /// A registered relay socket on 127.0.0.1, as an association's own are.
+    pub(crate) fn loopback() -> Self {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.set_nonblocking(true).unwrap();
         RelaySocket::new(socket).unwrap()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
 
     fn recv(socket: &RelaySocket) -> io::Result<Vec<u8>> {
         let mut buf = [0u8; 64];
@@ -177,7 +181,7 @@ mod tests {
     /// otherwise.
     #[tokio::test]
     async fn a_datagram_queued_while_polled_is_seen_once_registered_again() {
-        let mut relay = bound();
+        let mut relay = RelaySocket::loopback();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let to = relay.local_addr().unwrap();
 
@@ -216,7 +220,7 @@ mod tests {
     /// is untouched by the wait.
     #[tokio::test]
     async fn waiting_for_room_returns_at_once_when_there_is_room() {
-        let mut relay = bound();
+        let mut relay = RelaySocket::loopback();
         let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for polled in [false, true, false] {
             relay.set_polled(polled).unwrap();
