@@ -248,4 +248,86 @@ mod tests {
             .unwrap();
         assert_eq!(recv(&relay).unwrap(), b"y");
     }
+
+    /// A send into a full buffer waits for room and then goes out. On plain loopback a UDP
+    /// send buffer never fills (it is handed back as the datagram is sent), so this runs in
+    /// a network namespace of its own (needs root, `ip` and `tc`), where loopback has a
+    /// slow token-bucket queue: queued datagrams stay charged to their sender.
+    #[test]
+    fn a_send_into_a_full_buffer_waits_for_room_and_then_goes_out() {
+        // Only this thread enters the namespace (a network namespace belongs to a thread).
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("a network namespace of its own (this test needs root)");
+            for args in [
+                &["ip", "link", "set", "lo", "up"][..],
+                &[
+                    "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", "400kbit", "burst",
+                    "1600", "limit", "1mb",
+                ],
+            ] {
+                let status = std::process::Command::new(args[0])
+                    .args(&args[1..])
+                    .status()
+                    .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+                assert!(status.success(), "{args:?} failed");
+            }
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(full_buffer_round())
+        })
+        .join()
+        .unwrap();
+    }
+
+    async fn full_buffer_round() {
+        let small =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        small.set_send_buffer_size(8192).unwrap();
+        small.set_nonblocking(true).unwrap();
+        small
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let mut sender = RelaySocket::new(small.into()).unwrap();
+        let receiver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = receiver.local_addr().unwrap();
+        let mut sent = Vec::new();
+        let mut tag = 0u8;
+        for polled in [false, true] {
+            sender.set_polled(polled).unwrap();
+            loop {
+                match sender.sender().send_to(&[tag; 500], to) {
+                    Ok(_) => sent.push(tag),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("send failed: {e}"),
+                }
+                tag = tag.wrapping_add(1);
+                assert!(sent.len() < 200, "the send buffer never filled");
+            }
+            let started = tokio::time::Instant::now();
+            let waited =
+                tokio::time::timeout(Duration::from_secs(10), sender.send_to(&[tag; 500], to))
+                    .await
+                    .expect("room came, and the waiting send went out");
+            assert_eq!(waited.unwrap(), 500);
+            sent.push(tag);
+            tag = tag.wrapping_add(1);
+            // 400 kbit/s drains a 500-byte datagram in 10 ms, and room is reported once
+            // half the buffer is free: the send did not go out at once.
+            assert!(
+                started.elapsed() >= Duration::from_millis(5),
+                "the buffer was not full"
+            );
+        }
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 600];
+        for expected in sent {
+            let n = receiver.recv(&mut buf).unwrap();
+            assert_eq!((n, buf[0]), (500, expected), "in order, none lost");
+        }
+    }
 }
