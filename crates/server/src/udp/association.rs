@@ -300,7 +300,7 @@ impl Lane {
                 } else {
                     rest
                 };
-                let fd = socket.sender().as_raw_fd();
+                let fd = socket.socket().as_raw_fd();
                 let sent = if segmented {
                     mmsg::send_segmented(fd, slots, batch).map(|()| batch.len())
                 } else {

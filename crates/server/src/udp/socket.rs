@@ -50,7 +50,10 @@ impl RelaySocket {
         })
     }
 
-    fn socket(&self) -> &std::net::UdpSocket {
+    /// The socket itself, for non-blocking calls: sends are not tracked by readiness (on
+    /// `WouldBlock`, wait with [`Self::writable`]); receives go through
+    /// [`Self::try_receive`], which keeps readiness right.
+    pub(crate) fn socket(&self) -> &std::net::UdpSocket {
         match &self.state {
             Some(Registration::Registered(fd)) => fd.get_ref(),
             Some(Registration::Polled(socket)) => socket,
@@ -111,11 +114,6 @@ impl RelaySocket {
         self.try_receive(|s| s.recv_from(buf))
     }
 
-    /// The socket for a non-blocking send; on `WouldBlock`, wait with [`Self::writable`].
-    pub(crate) fn sender(&self) -> &std::net::UdpSocket {
-        self.socket()
-    }
-
     /// Waits until the send buffer has room, on a duplicate of the socket registered for
     /// writability only while waiting. Registering reports a socket that already has room
     /// at once, so room freed between the failed send and this call is not missed.
@@ -128,7 +126,7 @@ impl RelaySocket {
     /// `send_to` that waits for room in a full send buffer instead of failing.
     pub(crate) async fn send_to(&self, buf: &[u8], dest: SocketAddr) -> io::Result<usize> {
         loop {
-            match self.sender().send_to(buf, dest) {
+            match self.socket().send_to(buf, dest) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 done => return done,
@@ -298,7 +296,7 @@ mod tests {
         for polled in [false, true] {
             sender.set_polled(polled).unwrap();
             loop {
-                match sender.sender().send_to(&[tag; 500], to) {
+                match sender.socket().send_to(&[tag; 500], to) {
                     Ok(_) => sent.push(tag),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) => panic!("send failed: {e}"),

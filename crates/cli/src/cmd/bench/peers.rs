@@ -1051,21 +1051,9 @@ async fn stop_proxy(mut p: Proxy) {
 /// Whether a process of group `pgid` is still running (zombies waiting for a parent to
 /// collect them do not count).
 fn group_alive(pgid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|stat| {
-                // After the command name's last ')': state, ppid, pgrp.
-                let mut f = stat.rsplit_once(')')?.1.split_whitespace();
-                let state = f.next()?;
-                let pgrp = f.nth(1)?.parse::<u32>().ok()?;
-                Some(pgrp == pgid && state != "Z")
-            })
-            .unwrap_or(false)
-    })
+    super::tcp::processes()
+        .map(|all| all.iter().any(|p| p.pgrp == pgid && p.state != "Z"))
+        .unwrap_or(false)
 }
 
 /// Dante on loopback. As root it needs both privilege users; `client pass` admits the

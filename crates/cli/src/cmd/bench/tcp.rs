@@ -644,15 +644,19 @@ fn field_kib(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// The given processes and all their descendants (Dante forks helpers as load grows).
-fn with_descendants(roots: &[u32]) -> anyhow::Result<Vec<u32>> {
-    for &r in roots {
-        if !std::path::Path::new(&format!("/proc/{r}")).exists() {
-            bail!("--proxy-pid {r}: no such process");
-        }
-    }
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+/// What the bench reads of one process in `/proc/PID/stat`.
+pub(super) struct ProcStat {
+    pub(super) pid: u32,
+    /// One letter: `R`, `S`, `Z`…
+    pub(super) state: String,
+    pub(super) ppid: u32,
+    pub(super) pgrp: u32,
+}
+
+/// Every process on the machine; one that ends while being read is left out.
+pub(super) fn processes() -> std::io::Result<Vec<ProcStat>> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
         let Some(pid) = entry
             .file_name()
@@ -664,17 +668,35 @@ fn with_descendants(roots: &[u32]) -> anyhow::Result<Vec<u32>> {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
-        // The command name may hold spaces and parentheses: fields resume after the last ')'.
-        let Some(after) = stat.rsplit_once(')').map(|(_, a)| a) else {
-            continue;
-        };
-        if let Some(ppid) = after
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok())
-        {
-            children.entry(ppid).or_default().push(pid);
+        // The command name may hold spaces and parentheses: fields resume after the last
+        // ')' with state, ppid, pgrp.
+        let parsed = stat.rsplit_once(')').and_then(|(_, after)| {
+            let mut f = after.split_whitespace();
+            let state = f.next()?.to_string();
+            let ppid = f.next()?.parse().ok()?;
+            let pgrp = f.next()?.parse().ok()?;
+            Some(ProcStat {
+                pid,
+                state,
+                ppid,
+                pgrp,
+            })
+        });
+        all.extend(parsed);
+    }
+    Ok(all)
+}
+
+/// The given processes and all their descendants (Dante forks helpers as load grows).
+fn with_descendants(roots: &[u32]) -> anyhow::Result<Vec<u32>> {
+    for &r in roots {
+        if !std::path::Path::new(&format!("/proc/{r}")).exists() {
+            bail!("--proxy-pid {r}: no such process");
         }
+    }
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for p in processes().context("listing /proc")? {
+        children.entry(p.ppid).or_default().push(p.pid);
     }
     let mut seen: HashSet<u32> = HashSet::new();
     let mut stack: Vec<u32> = roots.to_vec();
