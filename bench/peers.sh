@@ -9,10 +9,10 @@
 # rows) when missing (as root, apt-get; nginx's and iperf3's services are not started),
 # builds ferrosocks in release mode, and runs `ferrosocks bench peers`, which
 # starts danted, microsocks, HAProxy and nginx (plain forwarders: HAProxy for the
-# TCP rows, nginx for TCP and UDP) and `ferrosocks serve` on free loopback ports
-# pinned to CPU 1, runs the generator pinned to CPU 0, interleaves direct / Dante
-# / microsocks / HAProxy / nginx / ferrosocks case by case, prints medians and
-# ratios, and writes
+# TCP rows, nginx for TCP and UDP), this binary's bare UDP forwarder (the UDP rows)
+# and `ferrosocks serve` on free loopback ports pinned to CPU 1, runs the generator
+# pinned to CPU 0, interleaves direct / Dante / microsocks / HAProxy / nginx /
+# bare UDP forwarder / ferrosocks case by case, prints medians and ratios, and writes
 # bench/results/latest.json and bench/results/latest.svg. Any further argument
 # goes to `ferrosocks bench peers` (see its --help). Only loopback is used.
 set -euo pipefail

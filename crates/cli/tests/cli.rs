@@ -828,6 +828,60 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `bench peers`' bare UDP forwarder: started on the proxies' core, it relays the UDP
+/// rows' datagrams (the generator checks each one's sequence number and counts losses),
+/// takes no part in the other cases, and is gone when the run ends.
+#[test]
+fn bench_peers_runs_the_bare_udp_forwarder_in_the_udp_rows_only() {
+    let dir = std::env::temp_dir().join(format!("ferrosocks-cli-bare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("peers.json");
+    let out = Command::new(BIN)
+        .args(["bench", "peers", "--reps", "1", "--duration", "300ms"])
+        .args(["--scenarios", "latency,udp"])
+        .args(["--contenders", "direct,bare-udp,ferrosocks"])
+        .args(["--proxy-cpu", "0", "--generator-cpu", "0"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(dir.join("peers.svg"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let raw = summary["raw"].as_array().unwrap();
+    let run = |case: &str| {
+        raw.iter()
+            .find(|r| r["contender"] == "bare-udp" && r["case"] == case)
+            .unwrap_or_else(|| panic!("no {case} run of the bare forwarder: {raw:#?}"))
+    };
+    for case in ["udp", "udp rate"] {
+        let records = run(case)["report"]["records"].as_array().unwrap();
+        let rate = &records[0];
+        assert_eq!(rate["metric"], "datagrams/s", "{records:#?}");
+        assert!(rate["value"].as_f64().unwrap() > 0.0, "{records:#?}");
+        // Every datagram came back whole and in sequence: the generator compares each.
+        assert_eq!(rate["detail"]["duplicates"], 0, "{records:#?}");
+        assert_eq!(rate["detail"]["from_elsewhere"], 0, "{records:#?}");
+    }
+    assert!(run("latency")["error"]
+        .as_str()
+        .unwrap()
+        .contains("UDP only"));
+    let left = Command::new("pgrep")
+        .args(["-f", "--", "bench bare-udp-forwarder"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "{left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `bench/udp_window.py`, the README's second UDP generator, runs direct and through the
 /// server, reports a rate with nothing lost, and its proxied datagrams did cross the
 /// server (the association's access-log line counts them both ways).

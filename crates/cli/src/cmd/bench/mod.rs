@@ -11,6 +11,8 @@
 //! - `peers.rs`: `bench peers`, direct / Dante / microsocks / ferrosocks side by side.
 //! - `iperf3.rs`: the TCP throughput rows of `bench peers` once more, by iperf3 (taken
 //!   through SOCKS by proxychains).
+//! - `bare_udp.rs`: `bare-udp-forwarder`, the least a UDP relay can do, a reference for
+//!   the UDP rows of `bench peers`.
 //!
 //! # Correctness before speed
 //! Every byte is counted on both ends and the counts must match; echoed payloads carry a
@@ -18,6 +20,7 @@
 //! failure reply ends the run with an error naming the REP code. Every load stops at
 //! `--duration` or `--count`, whichever comes first.
 
+mod bare_udp;
 mod iperf3;
 pub(crate) mod peers;
 mod report;
@@ -85,6 +88,9 @@ pub(crate) enum Scenario {
     /// Direct, Dante, microsocks, HAProxy, nginx (plain forwarders) and ferrosocks
     /// interleaved, with medians, ratios and a chart.
     Peers(peers::PeersArgs),
+    /// Not a load: a bare UDP forwarder (no SOCKS, one thread, busy-polling while
+    /// datagrams flow), the reference `bench peers` runs beside the servers in its UDP rows.
+    BareUdpForwarder(bare_udp::BareUdpArgs),
 }
 
 /// What every scenario shares: where to send the load and how long.
@@ -240,6 +246,7 @@ pub(crate) struct AllArgs {
 pub(crate) async fn run(args: BenchArgs) -> ExitCode {
     let result = match args.scenario {
         Scenario::Peers(p) => return peers::run(p).await,
+        Scenario::BareUdpForwarder(a) => return bare_udp::run(a),
         Scenario::Throughput(a) => measure(&a.common.clone(), |ctx| tcp::throughput(ctx, a)).await,
         Scenario::Connrate(a) => measure(&a.common.clone(), |ctx| tcp::connrate(ctx, a)).await,
         Scenario::Latency(a) => measure(&a.common.clone(), |ctx| tcp::latency(ctx, a)).await,

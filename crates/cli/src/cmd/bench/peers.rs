@@ -1,7 +1,9 @@
 //! `ferrosocks bench peers`: direct, Dante, microsocks and ferrosocks side by side, with
 //! HAProxy and nginx (its stream module) as plain forwarders beside them: no SOCKS at all,
 //! so their figures are what mature relays on the same core cost (HAProxy TCP with splice,
-//! nginx TCP and UDP), a floor for the TCP, latency and UDP rows.
+//! nginx TCP and UDP), a floor for the TCP, latency and UDP rows. In the UDP rows, this
+//! binary's bare forwarder (`bench bare-udp-forwarder`) stands for the least any relay on
+//! that core can do.
 //!
 //! Every proxy runs on loopback pinned to one core (`taskset -c PROXY_CPU`); every
 //! measurement is a fresh `ferrosocks bench SCENARIO` process pinned to the other core,
@@ -46,7 +48,7 @@ pub(crate) struct PeersArgs {
     #[arg(long)]
     pub(crate) tunnels: Option<usize>,
     /// Contenders, in the order they run within a repetition [default:
-    /// direct,dante,microsocks,haproxy,nginx, each --peer, ferrosocks].
+    /// direct,dante,microsocks,haproxy,nginx,bare-udp, each --peer, ferrosocks].
     #[arg(long, value_delimiter = ',')]
     pub(crate) contenders: Vec<String>,
     /// Another SOCKS5 server to compare, built or installed outside this project (repeat
@@ -723,12 +725,13 @@ pub(super) fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Every contender `bench peers` knows.
-const CONTENDERS: [&str; 6] = [
+const CONTENDERS: [&str; 7] = [
     "direct",
     "dante",
     "microsocks",
     "haproxy",
     "nginx",
+    "bare-udp",
     "ferrosocks",
 ];
 
@@ -807,18 +810,20 @@ fn contenders(a: &PeersArgs) -> anyhow::Result<Vec<String>> {
 
 /// Plain forwarders: no SOCKS, reached through `--forward`.
 fn is_forwarder(contender: &str) -> bool {
-    matches!(contender, "haproxy" | "nginx")
+    matches!(contender, "haproxy" | "nginx" | "bare-udp")
 }
 
 /// Whether `contender` can run `scenario`, and why not.
 fn applies(contender: &str, scenario: &str) -> Result<(), &'static str> {
     match (contender, scenario) {
         ("haproxy", "throughput" | "iperf3" | "latency")
-        | ("nginx", "throughput" | "iperf3" | "latency" | "udp") => Ok(()),
+        | ("nginx", "throughput" | "iperf3" | "latency" | "udp")
+        | ("bare-udp", "udp") => Ok(()),
         ("haproxy", _) => {
             Err("HAProxy runs as a plain TCP forwarder here: no SOCKS handshake, no UDP")
         }
         ("nginx", _) => Err("nginx runs as a plain forwarder here: no SOCKS handshake"),
+        ("bare-udp", _) => Err("the bare forwarder relays UDP only, without SOCKS"),
         _ => Ok(()),
     }
 }
@@ -923,6 +928,13 @@ async fn start_proxy(
                     .arg(&conf)
                     .arg("-e")
                     .arg("stderr");
+            }
+            "bare-udp" => {
+                cmd.arg(ferro_bin)
+                    .args(["bench", "bare-udp-forwarder", "--listen"])
+                    .arg(addr.to_string())
+                    .arg("--to")
+                    .arg(SocketAddr::new(LOOPBACK.ip(), targets()?).to_string());
             }
             "ferrosocks" => {
                 cmd.arg(ferro_bin)
@@ -1274,6 +1286,7 @@ mod tests {
                 "microsocks",
                 "haproxy",
                 "nginx",
+                "bare-udp",
                 "hev",
                 "g_2",
                 "ferrosocks"
@@ -1415,6 +1428,10 @@ mod tests {
         for scenario in ["connrate", "idle"] {
             assert!(applies("haproxy", scenario).is_err());
             assert!(applies("nginx", scenario).is_err());
+        }
+        assert!(applies("bare-udp", "udp").is_ok());
+        for scenario in ["throughput", "iperf3", "connrate", "latency", "idle"] {
+            assert!(applies("bare-udp", scenario).is_err());
         }
         for scenario in ["throughput", "iperf3", "connrate", "latency", "udp", "idle"] {
             assert!(applies("ferrosocks", scenario).is_ok());

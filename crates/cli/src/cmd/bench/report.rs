@@ -275,6 +275,7 @@ fn color_of(contender: &str, contenders: &[String]) -> RGBColor {
         "microsocks" => RGBColor(70, 140, 190),
         "haproxy" => RGBColor(90, 160, 90),
         "nginx" => RGBColor(200, 170, 60),
+        "bare-udp" => RGBColor(60, 170, 170),
         "ferrosocks" => RGBColor(190, 60, 60),
         _ => {
             const OTHERS: [RGBColor; 2] = [RGBColor(150, 110, 180), RGBColor(80, 80, 80)];
