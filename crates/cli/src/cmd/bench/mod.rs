@@ -65,7 +65,7 @@ const BENCH_EXAMPLES: &str = "Examples:
   ferrosocks bench all --proxy 127.0.0.1:1080 --json out.json
   ferrosocks bench throughput --forward 127.0.0.1:42000 --targets-port 43000  # HAProxy, nginx ...
   ferrosocks bench bare-udp-forwarder --listen 127.0.0.1:42000 --to 127.0.0.1:43000 &
-  ferrosocks bench udp --forward 127.0.0.1:42000 --targets-port 43000         # the least a relay does
+  ferrosocks bench udp --forward 127.0.0.1:42000 --targets-port 43000         # bare relay
   bench/peers.sh [--quick]                                  # direct, Dante, microsocks, HAProxy, nginx, ferrosocks
 
 The targets (TCP sink, source and echo; UDP echo) run inside this process on 127.0.0.1,
