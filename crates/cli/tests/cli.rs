@@ -287,6 +287,27 @@ fn serve_relays_and_exits_0_on_sigterm() {
     assert_eq!(line["bytes_up"], 5);
 }
 
+/// A connection still in its handshake when the drain time ends has no access-log line
+/// to write; the server says how many it closed that way instead of dropping them
+/// silently, and still exits 0.
+#[test]
+fn handshakes_cut_off_by_the_end_of_the_drain_are_counted() {
+    let mut served = serve(
+        "",
+        "--listen 127.0.0.1:0 --drain-timeout 100ms --handshake-timeout 60s",
+    );
+    let mut client = TcpStream::connect(served.addr).unwrap();
+    // Half a greeting: the session waits for the rest.
+    client.write_all(&[5]).unwrap();
+    // Accepted once the server has started it: the listener logs nothing per connection,
+    // so give the accept loop a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    send_signal(&served, "-TERM");
+    wait_for_stderr(&served, "closed without an access-log line");
+    assert_eq!(exit_code_within_10s(&mut served), Some(0));
+    drop(client);
+}
+
 /// A target that closes every connection at once: each session through it is one
 /// access-log line and nothing else.
 fn closing_target() -> SocketAddr {

@@ -227,9 +227,19 @@ impl Server {
                 "drain time ({drain:?}) over; closing remaining sessions"
             );
             // Tunnels, BIND waits and associations end at once and log their line; what is
-            // still running after that (a handshake) is dropped with the runtime.
+            // still running after that (a handshake: greeting, authentication, a CONNECT
+            // under way) is dropped with the runtime and writes no access-log line, so it
+            // is at least counted here.
             self.shared.drain_over.cancel();
-            let _ = tokio::time::timeout(CLOSE_WAIT, sessions.wait()).await;
+            if tokio::time::timeout(CLOSE_WAIT, sessions.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    remaining = sessions.len(),
+                    "sessions still in their handshake closed without an access-log line"
+                );
+            }
         } else {
             tracing::info!("all sessions finished");
         }
