@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command behind the README's performance table:
 #
-#   bench/peers.sh            # about 11 minutes: 3 repetitions, 3 s per measurement, 9000 idle tunnels
+#   bench/peers.sh            # about 12 minutes: 3 repetitions, 3 s per measurement, 9000 idle tunnels
 #   bench/peers.sh --quick    # shorter: 1 s per measurement, 3000 idle tunnels
 #
 # Installs Debian's dante-server, microsocks, haproxy and nginx (with its stream

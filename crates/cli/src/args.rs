@@ -49,7 +49,7 @@ pub(crate) enum Command {
         file: PathBuf,
     },
     /// Load generator: any SOCKS5 server (or none) on loopback; `bench peers` runs
-    /// Dante, microsocks, HAProxy, nginx and ferrosocks side by side.
+    /// Dante, microsocks, HAProxy, nginx, a bare UDP forwarder and ferrosocks side by side.
     Bench(Box<crate::cmd::bench::BenchArgs>),
 }
 

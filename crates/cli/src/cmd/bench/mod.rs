@@ -66,7 +66,7 @@ const BENCH_EXAMPLES: &str = "Examples:
   ferrosocks bench throughput --forward 127.0.0.1:42000 --targets-port 43000  # HAProxy, nginx ...
   ferrosocks bench bare-udp-forwarder --listen 127.0.0.1:42000 --to 127.0.0.1:43000 &
   ferrosocks bench udp --forward 127.0.0.1:42000 --targets-port 43000         # bare relay
-  bench/peers.sh [--quick]                                  # direct, Dante, microsocks, HAProxy, nginx, ferrosocks
+  bench/peers.sh [--quick]                                  # direct, Dante, microsocks, ... ferrosocks
 
 The targets (TCP sink, source and echo; UDP echo) run inside this process on 127.0.0.1,
 so the proxy must be on loopback too. Exit codes: 0 success, 1 a failed measurement
@@ -87,8 +87,8 @@ pub(crate) enum Scenario {
     Idle(IdleArgs),
     /// Every scenario above, one after the other, against the same proxy.
     All(AllArgs),
-    /// Direct, Dante, microsocks, HAProxy, nginx (plain forwarders) and ferrosocks
-    /// interleaved, with medians, ratios and a chart.
+    /// Direct, Dante, microsocks, HAProxy, nginx (plain forwarders), a bare UDP forwarder
+    /// and ferrosocks interleaved, with medians, ratios and a chart.
     Peers(peers::PeersArgs),
     /// Not a load: a bare UDP forwarder (no SOCKS, one thread, busy-polling while
     /// datagrams flow), the reference `bench peers` runs beside the servers in its UDP rows.

@@ -2,8 +2,8 @@
 //! HAProxy and nginx (its stream module) as plain forwarders beside them: no SOCKS at all,
 //! so their figures are what mature relays on the same core cost (HAProxy TCP with splice,
 //! nginx TCP and UDP), a floor for the TCP, latency and UDP rows. In the UDP rows, this
-//! binary's bare forwarder (`bench bare-udp-forwarder`) stands for the least any relay on
-//! that core can do.
+//! binary's bare forwarder (`bench bare-udp-forwarder`) shows what a relay that does the
+//! least work per datagram reaches on that core.
 //!
 //! Every proxy runs on loopback pinned to one core (`taskset -c PROXY_CPU`); every
 //! measurement is a fresh `ferrosocks bench SCENARIO` process pinned to the other core,
