@@ -752,6 +752,31 @@ fn udp_runs_to_a_remote_destination_leave_segmented_and_arrive_whole() {
     });
 }
 
+/// `bench peers` on both cores at once, with short measurements, its JSON and chart in a
+/// folder of the test's own: the process's output and the parsed JSON.
+fn bench_peers(
+    dir: &std::path::Path,
+    args: &[String],
+) -> (std::process::Output, serde_json::Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    let json = dir.join("peers.json");
+    let out = Command::new(BIN)
+        .args(["bench", "peers", "--reps", "1"])
+        .args(args)
+        .args(["--proxy-cpu", "0", "--generator-cpu", "0"])
+        .arg("--json")
+        .arg(&json)
+        .arg("--svg")
+        .arg(dir.join("peers.svg"))
+        .output()
+        .unwrap();
+    let summary = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|j| serde_json::from_str(&j).ok())
+        .unwrap_or(serde_json::Value::Null);
+    (out, summary)
+}
+
 /// `bench peers --peer NAME=COMMAND`: a SOCKS server from outside the project (here this
 /// binary again, under another name, behind a shell command line) is started with its port
 /// filled in, measured in the same cases as the built-in contenders, compared in the table,
@@ -760,35 +785,23 @@ fn udp_runs_to_a_remote_destination_leave_segmented_and_arrive_whole() {
 #[test]
 fn bench_peers_measures_a_peer_given_as_a_command() {
     let dir = std::env::temp_dir().join(format!("ferrosocks-cli-peer-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("peers.json");
     // Unusual values mark each peer's command line, to find what is left running.
     let marker = "--udp-idle-timeout 4321s";
     let daemon_marker = "--udp-idle-timeout 4322s";
-    let out = Command::new(BIN)
-        .args(["bench", "peers", "--reps", "1", "--duration", "200ms"])
-        .args([
-            "--scenarios",
-            "latency,udp",
-            "--contenders",
-            "direct,other,daemon,ferrosocks",
-        ])
-        .arg("--peer")
+    let args = [
+        "--duration".to_string(),
+        "200ms".into(),
+        "--scenarios".into(),
+        "latency,udp".into(),
+        "--contenders".into(),
+        "direct,other,daemon,ferrosocks".into(),
+        "--peer".into(),
         // Not a plain command: the shell stays as the server's parent.
-        .arg(format!(
-            "other=cd / && {BIN} serve --listen 127.0.0.1:{{port}} {marker}"
-        ))
-        .arg("--peer")
-        .arg(format!(
-            "daemon=setsid {BIN} serve --listen 127.0.0.1:{{port}} {daemon_marker} &"
-        ))
-        .args(["--proxy-cpu", "0", "--generator-cpu", "0"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--svg")
-        .arg(dir.join("peers.svg"))
-        .output()
-        .unwrap();
+        format!("other=cd / && {BIN} serve --listen 127.0.0.1:{{port}} {marker}"),
+        "--peer".into(),
+        format!("daemon=setsid {BIN} serve --listen 127.0.0.1:{{port}} {daemon_marker} &"),
+    ];
+    let (out, summary) = bench_peers(&dir, &args);
     let left_running = |marker: &str| {
         let out = Command::new("pgrep")
             .args(["-f", "--", marker])
@@ -813,8 +826,6 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("ferro/other"), "{stdout}");
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let raw = summary["raw"].as_array().unwrap();
     for case in ["latency", "udp", "udp rate"] {
         let run = raw
@@ -847,31 +858,6 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// `bench peers` on both cores at once, with short measurements, its JSON and chart in a
-/// folder of the test's own: the process's output and the parsed JSON.
-fn bench_peers(
-    dir: &std::path::Path,
-    args: &[String],
-) -> (std::process::Output, serde_json::Value) {
-    std::fs::create_dir_all(dir).unwrap();
-    let json = dir.join("peers.json");
-    let out = Command::new(BIN)
-        .args(["bench", "peers", "--reps", "1"])
-        .args(args)
-        .args(["--proxy-cpu", "0", "--generator-cpu", "0"])
-        .arg("--json")
-        .arg(&json)
-        .arg("--svg")
-        .arg(dir.join("peers.svg"))
-        .output()
-        .unwrap();
-    let summary = std::fs::read_to_string(&json)
-        .ok()
-        .and_then(|j| serde_json::from_str(&j).ok())
-        .unwrap_or(serde_json::Value::Null);
-    (out, summary)
 }
 
 /// `bench peers`' bare UDP forwarder: started on the proxies' core, it relays the UDP
