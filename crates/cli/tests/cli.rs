@@ -921,10 +921,6 @@ fn the_bare_udp_forwarder_relays_and_blocks_when_idle() {
     for s in [&target, &stranger, &client] {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     }
-    let listen = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
     // Killed when the test ends, passed or failed.
     struct Forwarder(std::process::Child);
     impl Drop for Forwarder {
@@ -933,21 +929,32 @@ fn the_bare_udp_forwarder_relays_and_blocks_when_idle() {
             let _ = self.0.wait();
         }
     }
-    let forwarder = Forwarder(
+    let mut forwarder = Forwarder(
         Command::new(BIN)
-            .args(["bench", "bare-udp-forwarder", "--listen"])
-            .arg(listen.to_string())
-            .arg("--to")
+            .args([
+                "bench",
+                "bare-udp-forwarder",
+                "--listen",
+                "127.0.0.1:0",
+                "--to",
+            ])
             .arg(target.local_addr().unwrap().to_string())
             .stdin(Stdio::null())
+            .stdout(Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(listen).is_err() {
-        assert!(Instant::now() < deadline, "the forwarder never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut line = String::new();
+    BufReader::new(forwarder.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let listen: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("the forwarder did not start: {line:?}"));
+    // Its TCP port answers too (what `bench peers` waits for).
+    TcpStream::connect(listen).unwrap();
     let mut buf = [0u8; 64];
     for i in 0..100u8 {
         client.send_to(&[i; 9], listen).unwrap();

@@ -25,6 +25,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 pub(crate) struct BareUdpArgs {
     /// Where clients send their datagrams (loopback only). A TCP listener on the same port
     /// answers connects and nothing else, so `bench peers` can tell the forwarder is up.
+    /// With port 0 the system picks one free for both; the forwarder prints `listening on
+    /// ADDR` once it is up.
     #[arg(long)]
     listen: SocketAddr,
     /// Where every client datagram goes (loopback only).
@@ -67,9 +69,9 @@ fn forward(a: &BareUdpArgs) -> anyhow::Result<()> {
     if !loopback(a.listen) || !loopback(a.to) {
         anyhow::bail!("--listen and --to must be loopback addresses");
     }
-    let client_side = bind(a.listen, a.buffer)?;
+    let (client_side, _readiness) = bind_listen(a.listen, a.buffer)?;
     let target_side = bind(SocketAddr::new(a.to.ip(), 0), a.buffer)?;
-    let _readiness = TcpListener::bind(client_side.local_addr()?)?;
+    println!("listening on {}", client_side.local_addr()?);
     let mut buf = vec![0u8; 65_536];
     let mut client: Option<SocketAddr> = None;
     let mut last_datagram = Instant::now();
@@ -110,6 +112,22 @@ fn forward(a: &BareUdpArgs) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             }
             last_datagram = Instant::now();
+        }
+    }
+}
+
+/// The client-facing socket and the readiness listener, on the same port. With port 0 the
+/// UDP socket's port may be taken for TCP: another is tried.
+fn bind_listen(listen: SocketAddr, buffer: usize) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut tries = 0;
+    loop {
+        let udp = bind(listen, buffer)?;
+        match TcpListener::bind(udp.local_addr()?) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && listen.port() == 0 && tries < 50 => {
+                tries += 1;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
