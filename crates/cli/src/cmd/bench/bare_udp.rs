@@ -2,10 +2,10 @@
 //! as a reference for the `udp` rows of `bench peers`. One thread and two sockets: each
 //! datagram from a client goes to the target, each datagram from the target goes back to
 //! the client that sent last (datagrams from anywhere else are dropped). No SOCKS header
-//! to parse or write, no rules, no counters,
-//! no async runtime. While datagrams flow it never sleeps: it tries both sockets in turn
-//! and keeps doing so for `--spin` after the last datagram (what ferrosocks' `busy_poll`
-//! does), then blocks in `poll(2)` on both, so it costs nothing while other cases run.
+//! to parse or write, no rules, no counters, no async runtime. While datagrams flow it
+//! never sleeps: it tries both sockets in turn and keeps doing so for `--spin` after the
+//! last datagram (what ferrosocks' `busy_poll` does), then blocks in `poll(2)` on both, so
+//! it costs nothing while other cases run.
 //!
 //! Whatever a relay does, the generator's core still hands each datagram to another core
 //! and takes it back; this forwarder shows how far a relay gets when that is nearly all

@@ -11,8 +11,8 @@
 //! - `peers.rs`: `bench peers`, direct / Dante / microsocks / ferrosocks side by side.
 //! - `iperf3.rs`: the TCP throughput rows of `bench peers` once more, by iperf3 (taken
 //!   through SOCKS by proxychains).
-//! - `bare_udp.rs`: `bare-udp-forwarder`, the least a UDP relay can do, a reference for
-//!   the UDP rows of `bench peers`.
+//! - `bare_udp.rs`: `bare-udp-forwarder`, a UDP relay doing the least work per datagram,
+//!   a reference for the UDP rows of `bench peers`.
 //!
 //! # Correctness before speed
 //! Every byte is counted on both ends and the counts must match; echoed payloads carry a
