@@ -48,6 +48,70 @@ impl FromStr for BusyPollSetting {
     }
 }
 
+/// `workers`: how many threads run the server's sessions (the async runtime's workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Workers {
+    /// One fewer than the CPUs this process may run on, and at least one (see
+    /// [`Workers::count`]).
+    #[default]
+    Auto,
+    /// Exactly this many.
+    Count(std::num::NonZeroUsize),
+}
+
+/// More worker threads than this is a typo, not a machine.
+const MAX_WORKERS: usize = 1024;
+
+impl Workers {
+    /// The number of worker threads, given the CPUs this process may run on.
+    ///
+    /// `auto` leaves one CPU to the rest of the machine: the kernel's network work, which
+    /// runs on the sending core, and the programs the proxy serves when they share the
+    /// machine. Why one fewer rather than one per CPU: one worker is also what turns
+    /// busy-polling on (`busy_poll = "auto"`), and on the two-CPU benchmark machine, with
+    /// the load generator unpinned beside the server, one worker beat two in every case
+    /// measured (README, Performance).
+    pub(crate) fn count(self, cpus: usize) -> usize {
+        match self {
+            Workers::Auto => cpus.saturating_sub(1).max(1),
+            Workers::Count(n) => n.get(),
+        }
+    }
+}
+
+impl FromStr for Workers {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Workers::Auto);
+        }
+        let expected = format!("(expected \"auto\" or a number from 1 to {MAX_WORKERS})");
+        match s.parse::<usize>() {
+            Ok(n @ 1..=MAX_WORKERS) => Ok(Workers::Count(
+                std::num::NonZeroUsize::new(n).expect("n is at least 1"),
+            )),
+            _ => Err(format!("workers {s:?} {expected}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Workers {
+    /// A TOML integer or a string (`"auto"`, or digits).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => n.to_string().parse(),
+            Raw::Text(s) => s.parse(),
+        }
+        .map_err(serde::de::Error::custom)
+    }
+}
+
 /// `local_notsent_lowat`: a number of bytes (a TOML integer or a string of digits), or
 /// `"system"` (or 0, which is what the kernel takes for it) for the system's default.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +245,7 @@ struct RawServer {
     local_congestion: Option<Spanned<String>>,
     local_notsent_lowat: Option<NotsentLowatSetting>,
     busy_poll: Option<Parsed<BusyPollSetting>>,
+    workers: Option<Workers>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -298,9 +363,14 @@ pub(crate) struct Overrides {
     pub(crate) local_notsent_lowat: Option<NotsentLowatSetting>,
     /// After a tunnel or UDP association moves data, poll this long for more without
     /// sleeping (saves a wake-up per round trip; costs CPU); "0" never; "auto" 50us when
-    /// the server runs one worker thread (one CPU or pinned), else off [default: auto].
+    /// the server runs one worker thread (see --workers), else off [default: auto].
     #[arg(long, value_name = "auto|DURATION")]
     pub(crate) busy_poll: Option<BusyPollSetting>,
+    /// Threads that run the sessions; "auto" is one fewer than the CPUs this process may
+    /// run on, at least one (one CPU free for the kernel and local clients; one worker is
+    /// also what turns busy-polling on) [default: auto].
+    #[arg(long, value_name = "auto|N")]
+    pub(crate) workers: Option<Workers>,
     /// Diagnostic log level (error, warn, info, debug, trace) or a RUST_LOG-style filter.
     #[arg(long, value_name = "LEVEL")]
     pub(crate) log_level: Option<String>,
@@ -315,11 +385,13 @@ pub(crate) struct Overrides {
     pub(crate) access_log_format: Option<LogFormat>,
 }
 
-/// Diagnostic logging settings that live outside the server's `Config`.
+/// Settings of the process that live outside the server's `Config`: diagnostic logging,
+/// and the worker threads of the runtime the binary builds for the server.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LogSettings {
+pub(crate) struct ProcessSettings {
     pub(crate) level: Option<String>,
     pub(crate) format: LogFormat,
+    pub(crate) workers: Workers,
 }
 
 /// A configuration problem, with the place it points at when it comes from a file.
@@ -438,7 +510,7 @@ pub(crate) fn load(
     path: Option<&Path>,
     cli: &Overrides,
     access_log: AccessLogOpen,
-) -> Result<(Config, LogSettings), ConfigFileError> {
+) -> Result<(Config, ProcessSettings), ConfigFileError> {
     let text = match path {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| plain_error(format!("cannot read config file {}: {e}", p.display())))?,
@@ -462,12 +534,13 @@ fn build(
     src: Option<&Source<'_>>,
     cli: &Overrides,
     open_access_log: AccessLogOpen,
-) -> Result<(Config, LogSettings), ConfigFileError> {
+) -> Result<(Config, ProcessSettings), ConfigFileError> {
     let at = |span: Option<Range<usize>>, msg: String| match src {
         Some(src) => src.error(span, msg),
         None => plain_error(msg),
     };
     let s = raw.server;
+    let workers = s.workers;
     let defaults = Timeouts::default();
     let limits = Limits::default();
 
@@ -667,9 +740,10 @@ fn build(
         (Some(s), LogFormat::Text) => AccessLog::Text(s),
         (Some(s), LogFormat::Json) => AccessLog::Json(s),
     };
-    let log = LogSettings {
+    let log = ProcessSettings {
         level: cli.log_level.clone().or(lg.level),
         format: cli.log_format.or(lg.format).unwrap_or_default(),
+        workers: cli.workers.or(workers).unwrap_or_default(),
     };
     Ok((config, log))
 }
@@ -753,6 +827,33 @@ mod tests {
             assert_eq!(err.position.map(|p| p.0), Some(3), "{bad}: {err}");
             assert!(err.message.contains("\"system\""), "{bad}: {err}");
         }
+    }
+
+    fn workers_of(text: &str) -> Result<Workers, ConfigFileError> {
+        let path = Path::new("test.toml");
+        let src = Source { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| src.error(e.span(), e.message()))?;
+        build(raw, Some(&src), &Overrides::default(), AccessLogOpen::No).map(|(_, p)| p.workers)
+    }
+
+    #[test]
+    fn workers_is_auto_a_toml_integer_or_digits_and_auto_leaves_one_cpu() {
+        let four = Workers::Count(std::num::NonZeroUsize::new(4).unwrap());
+        assert_eq!(workers_of("").unwrap(), Workers::Auto);
+        assert_eq!(
+            workers_of("[server]\nworkers = \"auto\"\n").unwrap(),
+            Workers::Auto
+        );
+        assert_eq!(workers_of("[server]\nworkers = 4\n").unwrap(), four);
+        assert_eq!(workers_of("[server]\nworkers = \"4\"\n").unwrap(), four);
+        for bad in ["0", "-2", "\"none\"", "1025", "2.5"] {
+            let err = workers_of(&format!("[server]\nworkers = {bad}\n")).unwrap_err();
+            assert_eq!(err.position.map(|p| p.0), Some(2), "{bad}: {err}");
+        }
+        assert_eq!(Workers::Auto.count(1), 1);
+        assert_eq!(Workers::Auto.count(2), 1);
+        assert_eq!(Workers::Auto.count(8), 7);
+        assert_eq!(four.count(1), 4, "a number is taken as it is");
     }
 
     #[test]

@@ -2,10 +2,10 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config_file::{LogFormat, LogSettings};
+use crate::config_file::{LogFormat, ProcessSettings};
 
 /// Installs the subscriber. `RUST_LOG` wins over the configured level, as users expect.
-pub(crate) fn init(settings: &LogSettings) {
+pub(crate) fn init(settings: &ProcessSettings) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .or_else(|| settings.level.clone())

@@ -17,34 +17,43 @@ use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The load generator runs on one thread: it is pinned to one core anyway, and a
-    // multi-threaded runtime would run the scenario's own future on the main thread and
-    // its tasks on a worker, so every hand-off between them would be a thread switch.
-    let runtime = match cli.command {
-        Command::Bench(_) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
+    match cli.command {
+        // Reads its configuration first: it says how many worker threads the runtime gets.
+        Command::Serve(args) => cmd::serve::main(*args),
+        // The load generator runs on one thread: it is pinned to one core anyway, and a
+        // multi-threaded runtime would run the scenario's own future on the main thread and
+        // its tasks on a worker, so every hand-off between them would be a thread switch.
+        Command::Bench(args) => block_on(
+            tokio::runtime::Builder::new_current_thread(),
+            cmd::bench::run(*args),
+        ),
+        command => block_on(tokio::runtime::Builder::new_multi_thread(), async move {
+            match command {
+                Command::Connect(args) => cmd::connect::run(*args).await,
+                Command::Bind(args) => cmd::bind::run(*args).await,
+                Command::Udp(args) => cmd::udp::run(*args).await,
+                Command::Probe(args) => cmd::probe::run(*args).await,
+                Command::Passwd(args) => cmd::passwd::run(&args),
+                Command::CheckConfig { file } => cmd::check_config::run(&file),
+                Command::Serve(_) | Command::Bench(_) => unreachable!("dispatched above"),
+            }
+        }),
     }
-    .enable_all()
-    .build();
-    let runtime = match runtime {
+}
+
+/// Builds the runtime `builder` describes and runs `command` on it to the end.
+fn block_on(
+    mut builder: tokio::runtime::Builder,
+    command: impl std::future::Future<Output = ExitCode>,
+) -> ExitCode {
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferrosocks: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => cmd::serve::run(*args).await,
-            Command::Connect(args) => cmd::connect::run(*args).await,
-            Command::Bind(args) => cmd::bind::run(*args).await,
-            Command::Udp(args) => cmd::udp::run(*args).await,
-            Command::Probe(args) => cmd::probe::run(*args).await,
-            Command::Passwd(args) => cmd::passwd::run(&args),
-            Command::CheckConfig { file } => cmd::check_config::run(&file),
-            Command::Bench(args) => cmd::bench::run(*args).await,
-        }
-    });
+    let code = runtime.block_on(command);
     // Everything the command needed has been awaited. A blocking task still running (a
     // name lookup, an access-log reopen waiting for a stalled destination) must not keep
     // the process from exiting, which dropping the runtime would: it waits for them all.

@@ -20,6 +20,8 @@ fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
 struct Served {
     child: Child,
     addr: SocketAddr,
+    /// The stderr lines up to and including the one with the listen address.
+    startup: Vec<String>,
     stderr: std::sync::mpsc::Receiver<String>,
 }
 
@@ -64,17 +66,24 @@ fn serve(shell_prefix: &str, args: &str) -> Served {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut startup = Vec::new();
     let addr = loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("server printed its listen address");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().parse().unwrap();
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .map(|rest| rest.trim().parse().unwrap());
+        startup.push(line);
+        if let Some(addr) = addr {
+            break addr;
         }
     };
     Served {
         child,
         addr,
+        startup,
         stderr: rx,
     }
 }
@@ -401,8 +410,79 @@ fn fifo(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// The runtime's worker threads, counted by the name tokio gives them, in `/proc`.
+fn worker_threads(served: &Served) -> usize {
+    let tasks = format!("/proc/{}/task", served.child.id());
+    std::fs::read_dir(tasks)
+        .unwrap()
+        .filter(|task| {
+            let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm"));
+            comm.is_ok_and(|name| name.trim() == "tokio-rt-worker")
+        })
+        .count()
+}
+
+/// `workers` sets how many threads run the sessions; `auto` takes one fewer than the CPUs
+/// the process may run on (at least one), and busy-polling's `auto` follows: on with one
+/// worker, off with several.
+#[test]
+fn workers_sets_the_runtime_threads_and_auto_leaves_a_cpu_free() {
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    // The shell restricts itself, and what it execs inherits that.
+    let pinned = "taskset -p -c 0 $$ >/dev/null &&";
+    let mut cases = vec![
+        (pinned, "", 1, "50µs"),
+        (pinned, "--workers 3", 3, "off (several worker threads"),
+        ("", "--workers 1", 1, "50µs"),
+    ];
+    if cpus >= 3 {
+        cases.push(("", "", cpus - 1, "off (several worker threads"));
+    } else {
+        cases.push(("", "", 1, "50µs"));
+    }
+    for (prefix, args, workers, busy_poll) in cases {
+        let served = serve(prefix, &format!("--listen 127.0.0.1:0 {args}"));
+        let log = served.startup.join("\n");
+        assert_eq!(worker_threads(&served), workers, "{prefix} {args}: {log}");
+        assert!(
+            log.contains(&format!("{workers} worker thread(s)")),
+            "{prefix} {args}: {log}"
+        );
+        assert!(
+            log.contains(&format!("busy-polling after traffic: {busy_poll}")),
+            "{prefix} {args}: {log}"
+        );
+        // It serves: a CONNECT to a closed port is answered.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = closed.local_addr().unwrap();
+        drop(closed);
+        let (_, head) = socks_connect(served.addr, target).unwrap();
+        assert_eq!(&head[..2], &[5, 0], "{prefix} {args}");
+        assert_eq!(head[3], 5, "connection refused, {prefix} {args}");
+    }
+}
+
+#[test]
+fn workers_must_be_auto_or_a_number_from_one() {
+    for bad in ["0", "many", "-1", "100000"] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--workers", bad])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--workers {bad}");
+    }
+    let file = temp_file("workers-zero.toml", "[server]\nworkers = 0\n");
+    let out = check_config(&file);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("workers") && stderr.contains(":2:"),
+        "{stderr}"
+    );
+}
+
 /// One worker thread, whatever CPUs the machine gives: a blocked worker stalls everything.
-const ONE_WORKER: &str = "export TOKIO_WORKER_THREADS=1;";
+const ONE_WORKER: &str = "--workers 1";
 
 /// Waits for a stderr line containing `needle` (at most 10 s).
 fn wait_for_stderr(served: &Served, needle: &str) {
@@ -433,8 +513,11 @@ fn sighup_with_a_stalled_access_log_stalls_no_session() {
         opened.send(file).unwrap();
     });
     let mut served = serve(
-        ONE_WORKER,
-        &format!("--listen 127.0.0.1:0 --access-log {}", fifo.display()),
+        "",
+        &format!(
+            "{ONE_WORKER} --listen 127.0.0.1:0 --access-log {}",
+            fifo.display()
+        ),
     );
     let _reader = reader.recv_timeout(Duration::from_secs(10)).unwrap();
     // Several times what the FIFO holds, so the writer thread is stuck in `write`.
@@ -466,8 +549,11 @@ fn sighup_with_an_access_log_fifo_nobody_reads_stalls_no_session() {
     let reader_path = fifo.clone();
     let reader = std::thread::spawn(move || drop(std::fs::File::open(reader_path).unwrap()));
     let mut served = serve(
-        ONE_WORKER,
-        &format!("--listen 127.0.0.1:0 --access-log {}", fifo.display()),
+        "",
+        &format!(
+            "{ONE_WORKER} --listen 127.0.0.1:0 --access-log {}",
+            fifo.display()
+        ),
     );
     reader.join().unwrap();
     send_signal(&served, "-HUP");

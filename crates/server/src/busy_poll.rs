@@ -24,8 +24,9 @@
 //! and one sparse round trip per millisecond: the proxy's CPU went from 3 % to 10 %, its
 //! context switches from ~9k to ~30k in 3 s, and the median round trip got slower (86 →
 //! 100 µs). So by default ([`BusyPoll::Auto`]) the server polls only where it runs one
-//! worker: one CPU, a container limited to one, or pinned (`taskset`), as the benchmark
-//! pins it.
+//! worker: the binary's `workers = "auto"` gives one where the process may run on one or
+//! two CPUs (a container limited to them, or pinned with `taskset`, as the benchmark pins
+//! it), and `workers = 1` anywhere.
 
 use std::future::{poll_fn, Future};
 use std::task::{Context, Poll};

@@ -109,7 +109,8 @@ pub struct Config {
     /// How long a tunnel or UDP association polls without sleeping after it moved data,
     /// so that a quick answer is picked up without a wake-up (see [`crate::busy_poll`]);
     /// a zero window turns it off. Default [`BusyPoll::Auto`]: 50 µs when the server runs
-    /// on one worker thread, off otherwise. At most [`MAX_BUSY_POLL`].
+    /// on one worker thread (the binary's default on one or two CPUs), off otherwise. At
+    /// most [`MAX_BUSY_POLL`].
     pub busy_poll: BusyPoll,
 }
 

@@ -9,14 +9,16 @@ use ferrosocks_server::{AccessLog, Server, ServerHandle};
 use tokio::signal::unix::{Signal, SignalKind};
 
 use crate::args::ServeArgs;
-use crate::config_file::{self, AccessLogOpen};
+use crate::config_file::{self, AccessLogOpen, Workers};
 use crate::{logging, signals};
 
 /// How long exiting waits for the access log's last lines to be written.
 const ACCESS_LOG_EXIT_WAIT: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run(args: ServeArgs) -> ExitCode {
-    let (config, log) =
+/// Reads the configuration, then runs the server on a runtime with the worker threads it
+/// asks for.
+pub(crate) fn main(args: ServeArgs) -> ExitCode {
+    let (config, settings) =
         match config_file::load(args.config.as_deref(), &args.overrides, AccessLogOpen::Yes) {
             Ok(c) => c,
             Err(e) => {
@@ -24,7 +26,21 @@ pub(crate) async fn run(args: ServeArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-    logging::init(&log);
+    logging::init(&settings);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = settings.workers.count(cpus);
+    match settings.workers {
+        Workers::Auto => tracing::info!(
+            "{workers} worker thread(s): one fewer than the {cpus} CPU(s) this process may run on, at least one (workers = \"auto\")"
+        ),
+        Workers::Count(_) => tracing::info!("{workers} worker thread(s)"),
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.worker_threads(workers);
+    crate::block_on(runtime, run(args, config))
+}
+
+async fn run(args: ServeArgs, config: ferrosocks_server::Config) -> ExitCode {
     signals::raise_fd_limit();
     // Before the server binds and logs where it listens: a signal sent as soon as it is
     // reachable must find its handler (see `signals::shutdown`).
@@ -85,7 +101,7 @@ async fn reload_on_sighup(
                 tracing::info!(
                     users = config.users.len(),
                     rules = config.rules.rules().len(),
-                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion, local_notsent_lowat, busy_poll and the access log's destination and format need a restart)"
+                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion, local_notsent_lowat, busy_poll, workers and the access log's destination and format need a restart)"
                 );
                 handle.reload(config.auth_methods, config.users, config.rules);
             }
