@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's unpinned comparison (Performance, "Worker threads"): the server and the
+# The README's unpinned comparison (Performance, "One worker thread on small machines"): the server and the
 # load generator on the same machine with no CPU pinning, as a user runs a local proxy.
 #
 #   bench/unpinned.sh [ROUNDS]     # default 3 rounds; about 90 s per round
@@ -22,10 +22,22 @@ port=21080
 out="$(mktemp -d)"
 server=
 cleanup() {
-  [[ -n $server ]] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
+  local rc=$?
+  if [[ -n $server ]]; then
+    kill "$server" 2>/dev/null
+    wait "$server" 2>/dev/null || true
+  fi
   rm -rf "$out"
+  exit "$rc"
 }
 trap cleanup EXIT
+
+listening() { [[ -n $(ss -Hltn "sport = :$port") ]]; }
+if listening; then
+  echo "bench/unpinned.sh: port $port is taken; stop what listens there first" >&2
+  exit 1
+fi
+echo "ferrosocks $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(nproc) CPUs, nothing pinned, $rounds rounds"
 
 contenders=(direct)
 command -v microsocks >/dev/null && contenders+=(microsocks)
@@ -40,7 +52,18 @@ for round in $(seq "$rounds"); do
       ferrosocks-2-workers) "$bin" serve --listen "127.0.0.1:$port" --workers 2 >/dev/null 2>&1 & server=$! ;;
       ferrosocks) "$bin" serve --listen "127.0.0.1:$port" >/dev/null 2>&1 & server=$! ;;
     esac
-    sleep 0.5
+    if [[ -n $server ]]; then
+      # Measure only a server that is up: a failed start would leave the port to nothing
+      # (the case fails) or to something else (measured under the wrong name).
+      for _ in $(seq 50); do
+        listening && break
+        sleep 0.1
+      done
+      if ! kill -0 "$server" 2>/dev/null || ! listening; then
+        echo "bench/unpinned.sh: $who did not start on port $port" >&2
+        exit 1
+      fi
+    fi
     cases=(latency connrate "throughput --streams 1 --direction up"
       "throughput --streams 8 --direction up" "throughput --streams 1 --direction down"
       "throughput --streams 8 --direction down")

@@ -850,6 +850,18 @@ mod tests {
             let err = workers_of(&format!("[server]\nworkers = {bad}\n")).unwrap_err();
             assert_eq!(err.position.map(|p| p.0), Some(2), "{bad}: {err}");
         }
+        let flag = Overrides {
+            workers: Some(Workers::Auto),
+            ..Overrides::default()
+        };
+        let text = "[server]\nworkers = 4\n";
+        let raw: RawConfig = toml::from_str(text).unwrap();
+        let (_, settings) = build(raw, None, &flag, AccessLogOpen::No).unwrap();
+        assert_eq!(
+            settings.workers,
+            Workers::Auto,
+            "the flag wins over the file"
+        );
         assert_eq!(Workers::Auto.count(1), 1);
         assert_eq!(Workers::Auto.count(2), 1);
         assert_eq!(Workers::Auto.count(8), 7);

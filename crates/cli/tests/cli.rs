@@ -410,42 +410,73 @@ fn fifo(name: &str) -> std::path::PathBuf {
     path
 }
 
-/// The runtime's worker threads, counted by the name tokio gives them, in `/proc`.
-fn worker_threads(served: &Served) -> usize {
+/// The runtime's worker threads, counted by the name tokio gives them, in `/proc`. A new
+/// thread takes that name only once it runs, which may be after the server said where it
+/// listens (tokio does not wait for its workers to start): so this waits up to 5 s for
+/// `expected`, and returns the last count.
+fn worker_threads(served: &Served, expected: usize) -> usize {
     let tasks = format!("/proc/{}/task", served.child.id());
-    std::fs::read_dir(tasks)
-        .unwrap()
-        .filter(|task| {
-            let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm"));
-            comm.is_ok_and(|name| name.trim() == "tokio-rt-worker")
-        })
-        .count()
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let count = std::fs::read_dir(&tasks)
+            .unwrap()
+            .filter(|task| {
+                let comm = std::fs::read_to_string(task.as_ref().unwrap().path().join("comm"));
+                comm.is_ok_and(|name| name.trim() == "tokio-rt-worker")
+            })
+            .count();
+        if count == expected || Instant::now() > deadline {
+            return count;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
-/// `workers` sets how many threads run the sessions; `auto` takes one fewer than the CPUs
-/// the process may run on (at least one), and busy-polling's `auto` follows: on with one
-/// worker, off with several.
+/// The first CPU this process may run on (`Cpus_allowed_list` in `/proc/self/status`).
+fn first_allowed_cpu() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    let first = list.trim().split([',', '-']).next().unwrap();
+    first.parse().unwrap()
+}
+
+/// `workers` sets how many threads run the sessions, from the flag or the file; `auto`
+/// takes one fewer than the CPUs the process may run on (at least one), and
+/// busy-polling's `auto` follows: on with one worker, off with several.
 #[test]
 fn workers_sets_the_runtime_threads_and_auto_leaves_a_cpu_free() {
     let cpus = std::thread::available_parallelism().unwrap().get();
-    // The shell restricts itself, and what it execs inherits that.
-    let pinned = "taskset -p -c 0 $$ >/dev/null &&";
+    // The shell restricts itself to one CPU, and what it execs inherits that.
+    let pinned = format!("taskset -p -c {} $$ >/dev/null &&", first_allowed_cpu());
+    let file = temp_file("workers-two.toml", "[server]\nworkers = 2\n");
+    let from_file = format!("--config {}", file.display());
+    let overridden = format!("--config {} --workers 1", file.display());
+    let several = "off (several worker threads";
     let mut cases = vec![
-        (pinned, "", 1, "50µs"),
-        (pinned, "--workers 3", 3, "off (several worker threads"),
+        (pinned.as_str(), "", 1, "50µs"),
+        (pinned.as_str(), "--workers 3", 3, several),
         ("", "--workers 1", 1, "50µs"),
+        ("", from_file.as_str(), 2, several),
+        ("", overridden.as_str(), 1, "50µs"),
     ];
     if cpus >= 3 {
-        cases.push(("", "", cpus - 1, "off (several worker threads"));
+        cases.push(("", "", cpus - 1, several));
     } else {
         cases.push(("", "", 1, "50µs"));
     }
     for (prefix, args, workers, busy_poll) in cases {
         let served = serve(prefix, &format!("--listen 127.0.0.1:0 {args}"));
         let log = served.startup.join("\n");
-        assert_eq!(worker_threads(&served), workers, "{prefix} {args}: {log}");
+        assert_eq!(
+            worker_threads(&served, workers),
+            workers,
+            "{prefix} {args}: {log}"
+        );
         assert!(
-            log.contains(&format!("{workers} worker thread(s)")),
+            log.contains(&format!("serve: {workers} worker thread(s)")),
             "{prefix} {args}: {log}"
         );
         assert!(
@@ -465,11 +496,26 @@ fn workers_sets_the_runtime_threads_and_auto_leaves_a_cpu_free() {
 #[test]
 fn workers_must_be_auto_or_a_number_from_one() {
     for bad in ["0", "many", "-1", "100000"] {
-        let out = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--workers", bad])
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "--workers {bad}");
+        // A value wrongly accepted would start a server: fail instead of waiting for it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "--workers {bad}");
     }
     let file = temp_file("workers-zero.toml", "[server]\nworkers = 0\n");
     let out = check_config(&file);

@@ -35,6 +35,11 @@ pub(crate) fn main(args: ServeArgs) -> ExitCode {
         ),
         Workers::Count(_) => tracing::info!("{workers} worker thread(s)"),
     }
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_some() {
+        tracing::warn!(
+            "TOKIO_WORKER_THREADS is ignored by serve: the workers setting (--workers) sizes its runtime"
+        );
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.worker_threads(workers);
     crate::block_on(runtime, run(args, config))
