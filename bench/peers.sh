@@ -3,6 +3,8 @@
 #
 #   bench/peers.sh            # about 12 minutes: 3 repetitions, 3 s per measurement, 9000 idle tunnels
 #   bench/peers.sh --quick    # shorter: 1 s per measurement, 3000 idle tunnels
+#   bench/peers.sh --shadowsocks-rust   # also shadowsocks-rust's sslocal (built from
+#                                       # crates.io the first time, ~7 minutes)
 #
 # Installs Debian's dante-server, microsocks, haproxy and nginx (with its stream
 # module), and iperf3 and proxychains4 (a second load generator for the TCP throughput
@@ -73,6 +75,18 @@ if (($(nproc) < 2)); then
   exit 1
 fi
 
+# --shadowsocks-rust is this script's: it builds sslocal if missing and adds it as a peer
+# (bench/shadowsocks-rust.sh says how it runs); every other argument goes to the binary.
+args=()
+for arg in "$@"; do
+  if [[ $arg == --shadowsocks-rust ]]; then
+    bench/shadowsocks-rust.sh install
+    args+=(--peer "shadowsocks-rust=exec '$repo/bench/shadowsocks-rust.sh' {port}")
+  else
+    args+=("$arg")
+  fi
+done
+
 cargo build --release -q -p ferrosocks
 # Every idle tunnel costs the generator and the proxy two descriptors each.
 ulimit -n "$(ulimit -Hn)"
@@ -80,4 +94,4 @@ danted_bin="$(command -v danted || echo /usr/sbin/danted)"
 haproxy_bin="$(command -v haproxy || echo /usr/sbin/haproxy)"
 nginx_bin="$(command -v nginx || echo /usr/sbin/nginx)"
 exec target/release/ferrosocks bench peers --danted "$danted_bin" --haproxy "$haproxy_bin" \
-  --nginx "$nginx_bin" "$@"
+  --nginx "$nginx_bin" ${args[@]+"${args[@]}"}
