@@ -78,14 +78,18 @@ fi
 # --shadowsocks-rust is this script's: it builds sslocal if missing and adds it as a peer
 # (bench/shadowsocks-rust.sh says how it runs); every other argument goes to the binary.
 args=()
+shadowsocks_rust=
 for arg in "$@"; do
   if [[ $arg == --shadowsocks-rust ]]; then
-    bench/shadowsocks-rust.sh install
-    args+=(--peer "shadowsocks-rust=exec '$repo/bench/shadowsocks-rust.sh' {port}")
+    shadowsocks_rust=1
   else
     args+=("$arg")
   fi
 done
+if [[ -n $shadowsocks_rust ]]; then
+  bench/shadowsocks-rust.sh install
+  args+=(--peer "shadowsocks-rust=exec $(printf %q "$repo/bench/shadowsocks-rust.sh") {port}")
+fi
 
 cargo build --release -q -p ferrosocks
 # Every idle tunnel costs the generator and the proxy two descriptors each.

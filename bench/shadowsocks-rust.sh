@@ -27,10 +27,14 @@ case "${1:-}" in
       exit 0
     fi
     echo "bench/shadowsocks-rust.sh: building shadowsocks-rust $version from crates.io into $root"
-    cargo install -q shadowsocks-rust --version "$version" --locked --root "$root" >&2
+    cargo install shadowsocks-rust --bin sslocal --version "$version" --locked --root "$root" >&2
     ;;
-  '' | -h | --help)
+  -h | --help)
     sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    ;;
+  '')
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
     ;;
   *)
     port=$1

@@ -739,7 +739,8 @@ const CONTENDERS: [&str; 7] = [
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Peer {
     name: String,
-    /// Run as `sh -c "exec COMMAND"` with `{port}` replaced.
+    /// Run as `sh -c COMMAND` with `{port}` replaced (the shell stays as its parent
+    /// unless the command starts with `exec`).
     command: String,
 }
 
