@@ -28,8 +28,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use socket2::SockRef;
-use tokio::net::{TcpSocket, TcpStream};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::TcpStream;
 
 /// The congestion control loopback tunnels use unless configured otherwise (on Linux; other
 /// systems cannot choose per socket, so there the default is none). Cubic is the kernel's
@@ -76,18 +76,48 @@ pub(crate) fn is_local_peer(peer: IpAddr) -> bool {
 /// on the proxy's core with cubic set after the connect). Failures to set an option are
 /// ignored: an option the kernel refuses only costs speed, never correctness (an
 /// unavailable congestion control is reported once at start-up, see [`check_available`]).
+///
+/// A connection that is already established when `connect(2)` returns is handed over at
+/// once, without waiting for the runtime to report the socket writable. On loopback it
+/// always is: the whole three-way handshake with a local listener runs inside the call,
+/// though a non-blocking connect still answers `EINPROGRESS`. Waiting for readiness
+/// there only cost a turn of the I/O driver per session.
 pub(crate) async fn connect(peer: SocketAddr, local: Local<'_>) -> std::io::Result<TcpStream> {
-    let socket = if peer.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    let options = SockRef::from(&socket);
-    let _ = options.set_tcp_nodelay(true);
+    // Non-blocking (and close-on-exec, which socket2 adds) from the start: one syscall.
+    #[cfg(target_os = "linux")]
+    let kind = Type::STREAM.nonblocking();
+    #[cfg(not(target_os = "linux"))]
+    let kind = Type::STREAM;
+    let socket = Socket::new(Domain::for_address(peer), kind, Some(Protocol::TCP))?;
+    #[cfg(not(target_os = "linux"))]
+    socket.set_nonblocking(true)?;
+    let _ = socket.set_tcp_nodelay(true);
     if is_local_peer(peer.ip()) {
-        set_local(&options, local, Inherited::default());
+        set_local(&socket, local, Inherited::default());
     }
-    socket.connect(peer).await
+    #[cfg(not(target_os = "linux"))]
+    return tokio::net::TcpSocket::from_std_stream(socket.into())
+        .connect(peer)
+        .await;
+    #[cfg(target_os = "linux")]
+    {
+        match socket.connect(&peer.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
+            Err(e) => return Err(e),
+        }
+        // Established already if it has a peer; otherwise (under way, or already refused)
+        // the runtime reports it writable once it is either, and its error says which.
+        let established = socket.peer_addr().is_ok();
+        let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+        if !established {
+            stream.writable().await?;
+            if let Some(e) = stream.take_error()? {
+                return Err(e);
+            }
+        }
+        Ok(stream)
+    }
 }
 
 /// The loopback options of `local` that `inherited` says the socket does not have yet.
@@ -339,6 +369,40 @@ mod tests {
         drop(listener);
         let refused = connect(at, LOCAL).await.unwrap_err();
         assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    }
+
+    /// A connection not yet established when `connect(2)` returns (here: the listener's
+    /// accept queue is full, so its first SYN is dropped and retransmitted a second later)
+    /// is waited for, and handed over once it is.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn an_outgoing_connection_still_under_way_is_waited_for() {
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        // A backlog of 0: one connection waiting to be accepted fills the queue.
+        socket.listen(0).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+        let at = listener.local_addr().unwrap();
+        let _queued = TcpStream::connect(at).await.unwrap();
+        let mut pending = Box::pin(connect(at, LOCAL));
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut pending);
+        assert!(
+            early.await.is_err(),
+            "connected through a full accept queue"
+        );
+        let (first, _) = listener.accept().await.unwrap();
+        let stream = tokio::time::timeout(std::time::Duration::from_secs(10), pending)
+            .await
+            .expect("the retransmitted SYN is answered once the queue has room")
+            .unwrap();
+        assert_eq!(stream.peer_addr().unwrap(), at);
+        let (second, from) = listener.accept().await.unwrap();
+        assert_eq!(from, stream.local_addr().unwrap());
+        assert_eq!(congestion_of(&stream).unwrap(), "reno");
+        drop((first, second));
     }
 
     #[cfg(target_os = "linux")]
