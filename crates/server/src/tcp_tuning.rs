@@ -79,9 +79,9 @@ pub(crate) fn is_local_peer(peer: IpAddr) -> bool {
 ///
 /// A connection that is already established when `connect(2)` returns is handed over at
 /// once, without waiting for the runtime to report the socket writable. On loopback it
-/// always is: the whole three-way handshake with a local listener runs inside the call,
-/// though a non-blocking connect still answers `EINPROGRESS`. Waiting for readiness
-/// there only cost a turn of the I/O driver per session.
+/// usually is: the whole three-way handshake with a local listener normally runs inside
+/// the call, though a non-blocking connect still answers `EINPROGRESS`. Waiting for
+/// readiness there only cost a turn of the I/O driver per session.
 pub(crate) async fn connect(peer: SocketAddr, local: Local<'_>) -> std::io::Result<TcpStream> {
     // Non-blocking (and close-on-exec, which socket2 adds) from the start: one syscall.
     #[cfg(target_os = "linux")]
@@ -373,7 +373,8 @@ mod tests {
 
     /// A connection not yet established when `connect(2)` returns (here: the listener's
     /// accept queue is full, so its first SYN is dropped and retransmitted a second later)
-    /// is waited for, and handed over once it is.
+    /// is waited for, and handed over once it is. A backlog of 1 rather than 0: kernels
+    /// before 6.14 treat a zero backlog's SYN queue as full from the start.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn an_outgoing_connection_still_under_way_is_waited_for() {
@@ -381,12 +382,17 @@ mod tests {
         let socket =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         socket.bind(&addr.into()).unwrap();
-        // A backlog of 0: one connection waiting to be accepted fills the queue.
-        socket.listen(0).unwrap();
+        // A backlog of 1: two connections waiting to be accepted fill the queue.
+        socket.listen(1).unwrap();
         socket.set_nonblocking(true).unwrap();
         let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
         let at = listener.local_addr().unwrap();
-        let _queued = TcpStream::connect(at).await.unwrap();
+        let limit = std::time::Duration::from_secs(10);
+        let mut queued = Vec::new();
+        for _ in 0..2 {
+            let stream = tokio::time::timeout(limit, TcpStream::connect(at)).await;
+            queued.push(stream.expect("a queue with room answers").unwrap());
+        }
         let mut pending = Box::pin(connect(at, LOCAL));
         let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut pending);
         assert!(
@@ -394,15 +400,16 @@ mod tests {
             "connected through a full accept queue"
         );
         let (first, _) = listener.accept().await.unwrap();
-        let stream = tokio::time::timeout(std::time::Duration::from_secs(10), pending)
+        let stream = tokio::time::timeout(limit, pending)
             .await
             .expect("the retransmitted SYN is answered once the queue has room")
             .unwrap();
         assert_eq!(stream.peer_addr().unwrap(), at);
-        let (second, from) = listener.accept().await.unwrap();
+        let (second, _) = listener.accept().await.unwrap();
+        let (third, from) = listener.accept().await.unwrap();
         assert_eq!(from, stream.local_addr().unwrap());
         assert_eq!(congestion_of(&stream).unwrap(), "reno");
-        drop((first, second));
+        drop((first, second, third, queued));
     }
 
     #[cfg(target_os = "linux")]
