@@ -21,6 +21,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 root="$repo/target/peers/shadowsocks-rust-$version"
 sslocal="$root/bin/sslocal"
 
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
 case "${1:-}" in
   install)
     if [[ -x $sslocal ]]; then
@@ -30,10 +32,10 @@ case "${1:-}" in
     cargo install shadowsocks-rust --bin sslocal --version "$version" --locked --root "$root" >&2
     ;;
   -h | --help)
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    usage
     ;;
   '')
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    usage >&2
     exit 2
     ;;
   *)

@@ -378,14 +378,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn an_outgoing_connection_still_under_way_is_waited_for() {
-        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let socket =
-            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-        socket.bind(&addr.into()).unwrap();
         // A backlog of 1: two connections waiting to be accepted fill the queue.
-        socket.listen(1).unwrap();
-        socket.set_nonblocking(true).unwrap();
-        let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+        let (listener, _) = test_listener("127.0.0.1:0", Local::default(), 1).unwrap();
         let at = listener.local_addr().unwrap();
         let limit = std::time::Duration::from_secs(10);
         let mut queued = Vec::new();
@@ -430,11 +424,13 @@ mod tests {
         assert!(server.nodelay().unwrap());
     }
 
-    /// A listener made the way the server makes them (see `listen` in lib.rs).
+    /// A listener made the way the server makes them (see `listen` in lib.rs), with room
+    /// for `backlog` connections waiting to be accepted.
     #[cfg(target_os = "linux")]
     fn test_listener(
         addr: &str,
         local: Local<'_>,
+        backlog: i32,
     ) -> std::io::Result<(tokio::net::TcpListener, Inherited)> {
         let addr: std::net::SocketAddr = addr.parse().unwrap();
         let socket = socket2::Socket::new(
@@ -445,7 +441,7 @@ mod tests {
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;
         let inherited = tune_listener(&socket, addr, local);
-        socket.listen(16)?;
+        socket.listen(backlog)?;
         Ok((tokio::net::TcpListener::from_std(socket.into())?, inherited))
     }
 
@@ -454,7 +450,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn accepted_sockets_inherit_what_the_listener_was_given() {
-        let (listener, inherited) = test_listener("127.0.0.1:0", LOCAL).unwrap();
+        let (listener, inherited) = test_listener("127.0.0.1:0", LOCAL, 16).unwrap();
         assert_eq!(
             inherited,
             Inherited {
@@ -488,7 +484,7 @@ mod tests {
             congestion: None,
             notsent_lowat: Some(4321),
         };
-        let (listener, inherited) = test_listener("0.0.0.0:0", only_lowat).unwrap();
+        let (listener, inherited) = test_listener("0.0.0.0:0", only_lowat, 16).unwrap();
         assert!(inherited.congestion, "nothing to set");
         assert!(!inherited.notsent_lowat);
         let port = listener.local_addr().unwrap().port();
@@ -503,7 +499,7 @@ mod tests {
     #[tokio::test]
     async fn a_listener_on_another_address_leaves_the_local_options_to_each_socket() {
         // [::] accepts from anywhere, so its sockets are tuned one by one.
-        let Ok((_listener, inherited)) = test_listener("[::]:0", LOCAL) else {
+        let Ok((_listener, inherited)) = test_listener("[::]:0", LOCAL, 16) else {
             return; // no IPv6 on this host
         };
         assert!(!inherited.congestion);
