@@ -995,13 +995,15 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
 }
 
 /// `bench peers`' bare UDP forwarder: started on the proxies' core, it relays the UDP
-/// rows' datagrams, takes no part in the other cases, and is gone when the run ends.
+/// rows' datagrams, takes no part in the other cases, and is gone when the run ends. The
+/// fixed-rate row sends at the rate `--udp-rate` asks for.
 #[test]
 fn bench_peers_runs_the_bare_udp_forwarder_in_the_udp_rows_only() {
     let dir = std::env::temp_dir().join(format!("ferrosocks-cli-bare-{}", std::process::id()));
     let args = ["--duration", "300ms", "--scenarios", "latency,udp"]
         .into_iter()
         .chain(["--contenders", "direct,bare-udp,ferrosocks"])
+        .chain(["--udp-rate", "20000"])
         .map(String::from)
         .collect::<Vec<_>>();
     let (out, summary) = bench_peers(&dir, &args);
@@ -1032,6 +1034,16 @@ fn bench_peers_runs_the_bare_udp_forwarder_in_the_udp_rows_only() {
         assert!(rate["value"].as_f64().unwrap() > 0.0, "{records:#?}");
         assert_eq!(rate["detail"]["duplicates"], 0, "{records:#?}");
     }
+    for contender in ["direct", "bare-udp", "ferrosocks"] {
+        let run = raw
+            .iter()
+            .find(|r| r["contender"] == contender && r["case"] == "udp rate")
+            .unwrap_or_else(|| panic!("no udp rate run of {contender}: {raw:#?}"));
+        let record = &run["report"]["records"][0];
+        assert_eq!(record["detail"]["rate"], 20000, "{run:#?}");
+        assert_eq!(record["case"], "udp 512 B at 20000/s", "{run:#?}");
+    }
+    assert!(stdout.contains("udp 512 B at 20000/s"), "{stdout}");
     assert!(run("latency")["error"]
         .as_str()
         .unwrap()

@@ -62,6 +62,11 @@ pub(crate) struct PeersArgs {
     /// Cases to run: throughput, iperf3, connrate, latency, udp, idle (default: all).
     #[arg(long, value_delimiter = ',')]
     pub(crate) scenarios: Vec<String>,
+    /// Datagrams per second in the fixed-rate UDP case. It is meant as a rate direct
+    /// sustains without loss, so that any loss is the relay's; on a slower machine, pick a
+    /// lower one (`ferrosocks bench udp --direct --rate N` tells).
+    #[arg(long, default_value_t = 150_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) udp_rate: u32,
     /// The ferrosocks binary to serve with [default: this executable].
     #[arg(long)]
     pub(crate) ferrosocks_bin: Option<PathBuf>,
@@ -176,7 +181,13 @@ fn cases(a: &PeersArgs, tunnels: usize) -> Vec<Case> {
         Case {
             name: "udp rate",
             scenario: "udp",
-            load: Load::Generator(s(&["udp", "--size", "512", "--rate", "150000"])),
+            load: Load::Generator(s(&[
+                "udp",
+                "--size",
+                "512",
+                "--rate",
+                &a.udp_rate.to_string(),
+            ])),
         },
         Case {
             name: "idle",
