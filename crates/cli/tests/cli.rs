@@ -894,8 +894,14 @@ fn bench_peers(
 ) -> (std::process::Output, serde_json::Value) {
     std::fs::create_dir_all(dir).unwrap();
     let json = dir.join("peers.json");
+    let reps: &[&str] = if args.iter().any(|a| a == "--reps") {
+        &[]
+    } else {
+        &["--reps", "1"]
+    };
     let out = Command::new(BIN)
-        .args(["bench", "peers", "--reps", "1"])
+        .args(["bench", "peers"])
+        .args(reps)
         .args(args)
         .args(["--proxy-cpu", "0", "--generator-cpu", "0"])
         .arg("--json")
@@ -991,6 +997,50 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
             "{run:#?}"
         );
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `bench peers` restarts a server after its idle case, so that a server the thousands of
+/// idle tunnels left broken (or busy) does not slow the next repetition, in which every
+/// contender shares its core: a peer that counts its starts is started once at the
+/// beginning, before each idle case, and once more after the first repetition's.
+#[test]
+fn bench_peers_restarts_a_server_after_its_idle_case() {
+    let dir = std::env::temp_dir().join(format!("ferrosocks-cli-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let starts = dir.join("starts");
+    let args = [
+        "--reps".to_string(),
+        "2".into(),
+        "--duration".into(),
+        "200ms".into(),
+        "--tunnels".into(),
+        "20".into(),
+        "--scenarios".into(),
+        "latency,idle".into(),
+        "--contenders".into(),
+        "direct,counted,ferrosocks".into(),
+        "--peer".into(),
+        format!(
+            "counted=echo started >> {} && exec {BIN} serve --listen 127.0.0.1:{{port}}",
+            starts.display()
+        ),
+    ];
+    let (out, summary) = bench_peers(&dir, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw = summary["raw"].as_array().unwrap();
+    let counted: Vec<_> = raw.iter().filter(|r| r["contender"] == "counted").collect();
+    assert_eq!(counted.len(), 4, "{counted:#?}");
+    for run in counted {
+        assert!(run["error"].is_null(), "{run:#?}");
+    }
+    let started = std::fs::read_to_string(&starts).unwrap();
+    assert_eq!(started.lines().count(), 4, "{started:?}\n{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -11,7 +11,8 @@
 //! (A B C D A B C D …) case by case, so a slow spell on this shared machine hits all of
 //! them alike, and ratios are taken within one repetition before the median is taken.
 //! Before each idle-memory case the proxy is restarted, so memory kept by its allocator
-//! from earlier cases neither inflates nor hides the growth per tunnel.
+//! from earlier cases neither inflates nor hides the growth per tunnel; after it, and after
+//! any measurement that failed, the proxy is stopped and started again for its next one.
 //!
 //! Any other SOCKS5 server (one built outside this project, say) joins with `--peer
 //! NAME=COMMAND` and runs the same cases under the same rules.
@@ -358,11 +359,10 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                     let skipped = match applies(c, case.scenario) {
                         Err(why) => Some(("-", format!("{NOT_APPLICABLE}: {why}"))),
                         Ok(()) => {
-                            if case.scenario == "idle"
-                                && c != "direct"
-                                && !not_started.contains_key(c)
-                            {
-                                // A fresh process: memory from earlier cases must not count.
+                            // A fresh process before the idle case, so that memory from
+                            // earlier cases does not count, and after one was stopped (below).
+                            let restart = case.scenario == "idle" || !proxies.contains_key(c);
+                            if restart && c != "direct" && !not_started.contains_key(c) {
                                 if let Some(old) = proxies.remove(c) {
                                     stop_proxy(old).await;
                                 }
@@ -392,6 +392,16 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                     let out = measure(&a, &me, case, proxy, forward, duration, &work).await;
                     let cpu_busy_percent = cpu_busy(&before, &cpu_times(), &a);
                     let _ = write!(line, "  {c}: {}", brief(&out));
+                    // Stopped at once, and started again before its next measurement: the
+                    // idle case leaves thousands of closed tunnels behind and a failed
+                    // measurement may leave a server broken, and a broken server must not
+                    // slow the contenders after it on the core they share (hev-socks5-server
+                    // stalls at ~3,300 idle tunnels and then spins on failing accepts).
+                    if case.scenario == "idle" || out.is_err() {
+                        if let Some(old) = proxies.remove(c) {
+                            stop_proxy(old).await;
+                        }
+                    }
                     let (report, error) = match out {
                         Ok(r) => (Some(r), None),
                         Err(e) => (None, Some(format!("{e:#}"))),
