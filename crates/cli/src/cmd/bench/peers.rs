@@ -395,7 +395,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
                     // Stopped at once, and started again before its next measurement: the
                     // idle case leaves thousands of closed tunnels behind and a failed
                     // measurement may leave a server broken, and a broken server must not
-                    // slow the contenders after it on the core they share (hev-socks5-server
+                    // slow the other contenders on the core they share (hev-socks5-server
                     // stalls at ~3,300 idle tunnels and then spins on failing accepts).
                     if case.scenario == "idle" || out.is_err() {
                         if let Some(old) = proxies.remove(c) {
