@@ -240,6 +240,8 @@ struct Summary<'a> {
     cpu_busy: Vec<CpuSummary>,
     /// Every measurement as it came: repetition, case, contender, records or error.
     raw: &'a [Raw],
+    /// What makes some figures of this run say less than they seem to (printed too).
+    warnings: &'a [String],
 }
 
 /// How busy the two pinned cores were during one measurement, in percent of their time
@@ -285,6 +287,33 @@ impl Raw {
             cpu_busy_percent: None,
         }
     }
+}
+
+/// The fixed-rate UDP row is meant to run at a rate direct sustains, so that what a relay
+/// loses is the relay's. Where direct lost datagrams too, the generator's core could not
+/// keep the rate, and the row measures the generator: one line saying so (with the worst
+/// repetition), or none.
+fn direct_losses_at_fixed_rate(raw: &[Raw], rate: u32) -> Vec<String> {
+    let losses: Vec<(usize, f64)> = raw
+        .iter()
+        .filter(|r| r.contender == "direct" && r.case == "udp rate")
+        .filter_map(|r| {
+            let records = &r.report.as_ref()?.records;
+            let loss = records.iter().find(|x| x.metric == "loss %")?.value;
+            (loss > 0.0).then_some((r.rep, loss))
+        })
+        .collect();
+    let Some(&(rep, worst)) = losses.iter().max_by(|x, y| x.1.total_cmp(&y.1)) else {
+        return Vec::new();
+    };
+    vec![format!(
+        "direct lost datagrams at {rate}/s in {} of the repetitions (up to {worst:.2} % in \
+         repetition {}): the generator cannot keep that rate on this machine, so the \
+         fixed-rate UDP row measures the generator, not the relays; run again with a lower \
+         --udp-rate",
+        losses.len(),
+        rep + 1
+    )]
 }
 
 async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
@@ -461,6 +490,10 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         }
         println!("{line}");
     }
+    let warnings = direct_losses_at_fixed_rate(&raw, a.udp_rate);
+    for w in &warnings {
+        println!("  warning: {w}");
+    }
     let mut ok = true;
     for r in &raw {
         if let Some(e) = r.error.as_ref().filter(|e| !e.starts_with(NOT_APPLICABLE)) {
@@ -488,6 +521,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         rows: &rows,
         cpu_busy: cpu,
         raw: &raw,
+        warnings: &warnings,
     };
     report::write_json(&a.json, &summary)?;
     let title = format!(
@@ -1263,6 +1297,49 @@ mod tests {
             assert!(conf.contains(&line), "{conf}");
         }
         assert!(!nginx_conf(1, 2, None, work).contains("load_module"));
+    }
+
+    #[test]
+    fn a_fixed_rate_direct_could_not_keep_is_reported() {
+        let run = |rep: usize, contender: &str, loss: f64| Raw {
+            rep,
+            case: "udp rate".into(),
+            contender: contender.into(),
+            report: Some(RunReport::new(
+                "direct".into(),
+                vec![
+                    report::Record::new(
+                        "udp 512 B at 150000/s",
+                        "datagrams/s",
+                        1e5,
+                        report::Better::Higher,
+                    ),
+                    report::Record::new(
+                        "udp 512 B at 150000/s",
+                        "loss %",
+                        loss,
+                        report::Better::Lower,
+                    ),
+                ],
+            )),
+            error: None,
+            cpu_busy_percent: None,
+        };
+        // A relay's loss is what the row is for; direct's is not.
+        let clean = [run(0, "direct", 0.0), run(0, "ferrosocks", 14.4)];
+        assert!(direct_losses_at_fixed_rate(&clean, 150_000).is_empty());
+        let lossy = [
+            run(0, "direct", 0.0),
+            run(1, "direct", 8.3),
+            run(2, "direct", 4.13),
+            run(1, "ferrosocks", 20.0),
+        ];
+        let warnings = direct_losses_at_fixed_rate(&lossy, 150_000);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let w = &warnings[0];
+        assert!(w.contains("150000/s in 2 of the repetitions"), "{w}");
+        assert!(w.contains("up to 8.30 % in repetition 2"), "{w}");
+        assert!(w.contains("--udp-rate"), "{w}");
     }
 
     #[test]
