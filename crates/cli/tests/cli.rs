@@ -917,6 +917,17 @@ fn bench_peers(
     (out, summary)
 }
 
+/// A `bench peers` run's standard output, once the run is known to have succeeded.
+fn succeeded(out: &std::process::Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// `bench peers --peer NAME=COMMAND`: a SOCKS server from outside the project (here this
 /// binary again, under another name, behind a shell command line) is started with its port
 /// filled in, measured in the same cases as the built-in contenders, compared in the table,
@@ -959,12 +970,7 @@ fn bench_peers_measures_a_peer_given_as_a_command() {
         .args(["-f", "--", daemon_marker])
         .status();
     assert_eq!(daemons.len(), 1, "the daemon was started once: {daemons:?}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(stdout.contains("ferro/other"), "{stdout}");
     let raw = summary["raw"].as_array().unwrap();
     for case in ["latency", "udp", "udp rate"] {
@@ -1027,12 +1033,7 @@ fn bench_peers_restarts_a_server_after_its_idle_case() {
         ),
     ];
     let (out, summary) = bench_peers(&dir, &args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     let raw = summary["raw"].as_array().unwrap();
     let counted: Vec<_> = raw.iter().filter(|r| r["contender"] == "counted").collect();
     assert_eq!(counted.len(), 4, "{counted:#?}");
@@ -1057,12 +1058,7 @@ fn bench_peers_runs_the_bare_udp_forwarder_in_the_udp_rows_only() {
         .map(String::from)
         .collect::<Vec<_>>();
     let (out, summary) = bench_peers(&dir, &args);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     // "  bare-udp: 127.0.0.1:PORT (pid N)"
     let pid: u32 = stdout
         .lines()
