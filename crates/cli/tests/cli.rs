@@ -1244,3 +1244,44 @@ fn the_python_udp_generator_measures_direct_and_through_the_server() {
         assert!(line[direction].as_u64().unwrap() >= 800, "{line}");
     }
 }
+
+/// The shell scripts under `bench/` are not run by the suite (they install packages and
+/// take minutes), so at least: every one parses, and the sslocal wrapper answers bad
+/// arguments with its usage and exit code 2 before it looks for sslocal.
+#[test]
+fn bench_scripts_parse_and_the_sslocal_wrapper_checks_its_arguments() {
+    let bench = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench"));
+    let mut scripts = std::fs::read_dir(bench)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+        .collect::<Vec<_>>();
+    scripts.sort();
+    assert!(scripts.len() >= 3, "{scripts:?}");
+    for script in &scripts {
+        let out = Command::new("bash").arg("-n").arg(script).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let wrapper = bench.join("shadowsocks-rust.sh");
+    let run = |args: &[&str]| {
+        Command::new("bash")
+            .arg(&wrapper)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let no_args = run(&[]);
+    assert_eq!(no_args.status.code(), Some(2), "{no_args:?}");
+    assert!(String::from_utf8_lossy(&no_args.stderr).contains("bench/shadowsocks-rust.sh install"));
+    let help = run(&["--help"]);
+    assert_eq!(help.status.code(), Some(0), "{help:?}");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("bench/shadowsocks-rust.sh PORT"));
+    let not_a_port = run(&["80a"]);
+    assert_eq!(not_a_port.status.code(), Some(2), "{not_a_port:?}");
+    assert!(String::from_utf8_lossy(&not_a_port.stderr).contains("expected 'install' or a port"));
+}
