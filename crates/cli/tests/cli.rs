@@ -1066,11 +1066,12 @@ fn bench_peers_runs_the_bare_udp_forwarder_in_the_udp_rows_only() {
         .and_then(|p| p.trim_end_matches(')').parse().ok())
         .unwrap_or_else(|| panic!("no pid for the bare forwarder: {stdout}"));
     let raw = summary["raw"].as_array().unwrap();
-    let run = |case: &str| {
+    let run_of = |contender: &str, case: &str| {
         raw.iter()
-            .find(|r| r["contender"] == "bare-udp" && r["case"] == case)
-            .unwrap_or_else(|| panic!("no {case} run of the bare forwarder: {raw:#?}"))
+            .find(|r| r["contender"] == contender && r["case"] == case)
+            .unwrap_or_else(|| panic!("no {case} run of {contender}: {raw:#?}"))
     };
+    let run = |case: &str| run_of("bare-udp", case);
     for case in ["udp", "udp rate"] {
         // A measurement in which datagrams did not come back, or came back changed (the
         // generator checks each one's sequence number), has an error and no records.
@@ -1081,10 +1082,7 @@ fn bench_peers_runs_the_bare_udp_forwarder_in_the_udp_rows_only() {
         assert_eq!(rate["detail"]["duplicates"], 0, "{records:#?}");
     }
     for contender in ["direct", "bare-udp", "ferrosocks"] {
-        let run = raw
-            .iter()
-            .find(|r| r["contender"] == contender && r["case"] == "udp rate")
-            .unwrap_or_else(|| panic!("no udp rate run of {contender}: {raw:#?}"));
+        let run = run_of(contender, "udp rate");
         let record = &run["report"]["records"][0];
         assert_eq!(record["detail"]["rate"], 20000, "{run:#?}");
         assert_eq!(record["case"], "udp 512 B at 20000/s", "{run:#?}");
