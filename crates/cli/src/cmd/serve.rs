@@ -21,9 +21,10 @@ const ACCESS_LOG_EXIT_WAIT: Duration = Duration::from_secs(5);
 /// oldest half to the global queue, served one task every few dozen, so under load the
 /// sessions that had waited longest waited longest again. With 256 clients opening
 /// sessions back to back (`bench connrate --workers 256`) the session p99 was 42–50 ms
-/// against a p50 of 16–20; with 64 here it is about two thirds of that, with 8, 64 or 128
-/// clients no worse (README, Performance). The rest of a large batch stays in the kernel
-/// until the next check.
+/// against a p50 of 16–20; with 64 here it is 0.67–0.77× that, with 8, 64 or 128 clients
+/// no worse, with 512 lower still (0.74×) at 6 % fewer sessions/s (README, Performance).
+/// The rest of a large batch stays in the kernel until the next check. Set here, where the
+/// runtime is built: a program that runs the server library on its own runtime chooses.
 const BUSY_IO_EVENTS: usize = 64;
 
 /// Reads the configuration, then runs the server on a runtime with the worker threads it
