@@ -38,7 +38,8 @@ use anyhow::{anyhow, bail, Context as _};
 use bytes::BytesMut;
 use clap::{Args, Subcommand};
 use ferrosocks_proto::{
-    Addr, ClientEvent, ClientHandshake, Command, Password, Rep, Reply, Request, UserPassRequest,
+    Addr, ClientEvent, ClientHandshake, Command, Host, Password, Rep, Reply, Request,
+    UserPassRequest,
 };
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -136,6 +137,12 @@ pub(crate) struct Common {
     /// servers, microsocks among them, lose a pipelined request).
     #[arg(long)]
     pub(crate) pipelined: bool,
+    /// Give the TCP targets by this name in CONNECT requests instead of by address, so
+    /// the proxy's name resolution is part of what is measured (as with `curl
+    /// --socks5-hostname` or a browser's remote DNS). The name must resolve to 127.0.0.1
+    /// where the proxy runs, as `localhost` does on most machines.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["direct", "forward"])]
+    pub(crate) target_name: Option<String>,
     /// Also write the results to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub(crate) json: Option<PathBuf>,
@@ -364,6 +371,8 @@ pub(crate) enum Via {
         proxy: SocketAddr,
         credentials: Option<(String, String)>,
         pipelined: bool,
+        /// Sent in CONNECT requests instead of the target's address.
+        target_name: Option<Host>,
     },
 }
 
@@ -372,6 +381,11 @@ impl Via {
         match self {
             Via::Direct => "direct".into(),
             Via::Forward { forwarder, .. } => format!("forwarder {forwarder}"),
+            Via::Socks {
+                proxy,
+                target_name: Some(name),
+                ..
+            } => format!("socks5 {proxy}, targets named {name}"),
             Via::Socks { proxy, .. } => format!("socks5 {proxy}"),
         }
     }
@@ -404,10 +418,17 @@ impl Via {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             _ => url_creds,
         };
+        let target_name = c
+            .target_name
+            .as_deref()
+            .map(Host::new)
+            .transpose()
+            .map_err(|e| anyhow!("--target-name: {e}"))?;
         Ok(Via::Socks {
             proxy,
             credentials,
             pipelined: c.pipelined,
+            target_name,
         })
     }
 }
@@ -507,6 +528,7 @@ impl Ctx {
                 proxy,
                 credentials,
                 pipelined,
+                target_name,
             } => {
                 let mut s = bounded(t, "connect to the proxy", TcpStream::connect(*proxy)).await?;
                 s.set_nodelay(true)?;
@@ -514,10 +536,13 @@ impl Ctx {
                     username: u.as_bytes().to_vec(),
                     password: Password::new(p.as_bytes()),
                 });
-                let request = Request {
-                    command,
-                    dst: Addr::Ip(dst),
+                let dst = match target_name {
+                    Some(name) if command == Command::CONNECT => {
+                        Addr::Domain(name.clone(), dst.port())
+                    }
+                    _ => Addr::Ip(dst),
                 };
+                let request = Request { command, dst };
                 let reply = bounded(
                     t,
                     "SOCKS handshake",

@@ -19,6 +19,7 @@ fn common(proxy: Option<SocketAddr>) -> Common {
         duration: Duration::from_millis(150),
         timeout: Duration::from_secs(5),
         pipelined: false,
+        target_name: None,
         json: None,
         quiet: true,
     }
@@ -162,6 +163,35 @@ async fn every_scenario_through_ferrosocks() {
     let server = spawn_server(test_config()).await;
     with_deadline(every_scenario(Some(server.addr))).await;
     server.shutdown().await;
+}
+
+// `--target-name`: CONNECT carries the name, the proxy resolves it, the sessions run.
+#[tokio::test]
+async fn targets_can_be_given_by_name() {
+    let server = spawn_server(test_config()).await;
+    let log = server.log.clone();
+    let mut c = common(Some(server.addr));
+    c.target_name = Some("localhost".into());
+    let ctx = Ctx::new(&c).await.unwrap();
+    let cr = with_deadline(tcp::connrate(
+        ctx.clone(),
+        ConnrateArgs {
+            common: c,
+            workers: 2,
+            count: 20,
+        },
+    ))
+    .await
+    .unwrap();
+    assert_eq!(cr[0].detail["sessions"].as_u64(), Some(20));
+    server.shutdown().await;
+    let echo = format!("\"target\":\"localhost:{}\"", ctx.targets.echo_once.port());
+    let lines = log.lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.contains(&echo)).count(),
+        20,
+        "{lines:?}"
+    );
 }
 
 #[tokio::test]
