@@ -245,6 +245,8 @@ struct RawServer {
     local_congestion: Option<Spanned<String>>,
     local_notsent_lowat: Option<NotsentLowatSetting>,
     busy_poll: Option<Parsed<BusyPollSetting>>,
+    #[serde(default, with = "humantime_serde")]
+    name_cache: Option<Duration>,
     workers: Option<Workers>,
 }
 
@@ -366,6 +368,10 @@ pub(crate) struct Overrides {
     /// the server runs one worker thread (see --workers), else off [default: auto].
     #[arg(long, value_name = "auto|DURATION")]
     pub(crate) busy_poll: Option<BusyPollSetting>,
+    /// Reuse a name the server resolved (a CONNECT or BIND target, a UDP destination) for
+    /// this long before looking it up again; "0" looks up every time [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) name_cache: Option<Duration>,
     /// Threads that run the sessions; "auto" is one fewer than the CPUs this process may
     /// run on, at least one (one CPU free for the kernel and local clients; one worker is
     /// also what turns busy-polling on) [default: auto].
@@ -695,6 +701,10 @@ fn build(
             .or(s.busy_poll.map(|b| b.0))
             .map(|b| b.0)
             .unwrap_or_default(),
+        name_cache: cli
+            .name_cache
+            .or(s.name_cache)
+            .unwrap_or(ferrosocks_server::config::DEFAULT_NAME_CACHE),
     };
     for (name, value) in [
         ("max_connections", config.limits.max_connections),
@@ -866,6 +876,24 @@ mod tests {
         assert_eq!(Workers::Auto.count(2), 1);
         assert_eq!(Workers::Auto.count(8), 7);
         assert_eq!(four.count(1), 4, "a number is taken as it is");
+    }
+
+    #[test]
+    fn name_cache_defaults_to_thirty_seconds_and_zero_turns_it_off() {
+        assert_eq!(parse("").unwrap().name_cache, Duration::from_secs(30));
+        let c = parse("[server]\nname_cache = \"5m\"\n").unwrap();
+        assert_eq!(c.name_cache, Duration::from_secs(300));
+        let c = parse("[server]\nname_cache = \"0s\"\n").unwrap();
+        assert_eq!(c.name_cache, Duration::ZERO);
+        let err = parse("[server]\nname_cache = \"a while\"\n").unwrap_err();
+        assert_eq!(err.position.map(|p| p.0), Some(2), "{err}");
+        let flag = Overrides {
+            name_cache: Some(Duration::ZERO),
+            ..Overrides::default()
+        };
+        let raw: RawConfig = toml::from_str("[server]\nname_cache = \"1m\"\n").unwrap();
+        let (c, _) = build(raw, None, &flag, AccessLogOpen::No).unwrap();
+        assert_eq!(c.name_cache, Duration::ZERO, "the flag wins over the file");
     }
 
     #[test]

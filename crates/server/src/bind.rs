@@ -27,9 +27,11 @@ pub(crate) async fn handle(
     let expected: Vec<SocketAddr> = match &dst {
         Addr::Ip(sa) if sa.ip().is_unspecified() => Vec::new(),
         Addr::Ip(sa) => vec![*sa],
-        Addr::Domain(..) => tokio::time::timeout(shared.config.timeouts.connect, resolve(&dst))
-            .await
-            .map_err(|_| SessionError::Timeout(Phase::Connect))??,
+        Addr::Domain(..) => {
+            tokio::time::timeout(shared.config.timeouts.connect, resolve(&dst, &shared.names))
+                .await
+                .map_err(|_| SessionError::Timeout(Phase::Connect))??
+        }
     };
     // Rules see the expected peer; for an all-zero DST that is the zero address itself.
     let rule_targets = if expected.is_empty() {

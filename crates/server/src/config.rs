@@ -112,7 +112,16 @@ pub struct Config {
     /// on one worker thread (the binary's default on one or two CPUs), off otherwise. At
     /// most [`MAX_BUSY_POLL`].
     pub busy_poll: BusyPoll,
+    /// How long a name the server resolved (a CONNECT or BIND target, a UDP destination)
+    /// is reused before it is looked up again; zero looks up every time. Default 30 s
+    /// (see [`DEFAULT_NAME_CACHE`]).
+    pub name_cache: Duration,
 }
+
+/// How long resolved names are reused unless configured otherwise: a record that changes
+/// is seen within this, and a client that opens many connections to one name pays one
+/// lookup in this time (Java's default; curl keeps names 60 s).
+pub const DEFAULT_NAME_CACHE: Duration = Duration::from_secs(30);
 
 impl Default for Config {
     fn default() -> Self {
@@ -132,6 +141,7 @@ impl Default for Config {
                 .then(|| DEFAULT_LOCAL_CONGESTION.to_owned()),
             local_notsent_lowat: cfg!(target_os = "linux").then_some(DEFAULT_LOCAL_NOTSENT_LOWAT),
             busy_poll: BusyPoll::Auto,
+            name_cache: DEFAULT_NAME_CACHE,
         }
     }
 }

@@ -38,7 +38,7 @@ async fn connect_and_reply(
 ) -> Result<TcpStream, SessionError> {
     let timeout = shared.config.timeouts.connect;
     let deadline = Instant::now() + timeout;
-    let candidates = tokio::time::timeout_at(deadline, resolve(&dst))
+    let candidates = tokio::time::timeout_at(deadline, resolve(&dst, &shared.names))
         .await
         .map_err(|_| SessionError::Timeout(Phase::Connect))??;
     let allowed = shared.allowed_targets(conn, Command::CONNECT, &dst, &candidates)?;

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub(crate) pipes: relay::PipePool,
     /// The busy-poll window, resolved for the runtime the server was built on.
     pub(crate) busy_poll: Duration,
+    /// Names resolved lately, for every session.
+    pub(crate) names: resolve::NameCache,
     /// Cancelled when the drain time is over: tunnels, BIND waits and UDP associations
     /// still open end then, each with its access-log line.
     pub(crate) drain_over: CancellationToken,
@@ -110,6 +112,7 @@ impl Shared {
             udp_associations: Arc::new(Semaphore::new(config.limits.max_udp_associations)),
             pipes: relay::PipePool::new(),
             busy_poll: config.busy_poll.window(),
+            names: resolve::NameCache::new(config.name_cache),
             drain_over: CancellationToken::new(),
             config,
         }

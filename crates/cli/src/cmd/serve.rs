@@ -120,7 +120,7 @@ async fn reload_on_sighup(
                 tracing::info!(
                     users = config.users.len(),
                     rules = config.rules.rules().len(),
-                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion, local_notsent_lowat, busy_poll, workers and the access log's destination and format need a restart)"
+                    "SIGHUP: reloaded users, methods and rules (listen addresses, timeouts, limits, relay, local_congestion, local_notsent_lowat, busy_poll, name_cache, workers and the access log's destination and format need a restart)"
                 );
                 handle.reload(config.auth_methods, config.users, config.rules);
             }

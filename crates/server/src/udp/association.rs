@@ -70,8 +70,6 @@ const SLOTS: usize = if cfg!(target_os = "linux") { 8 } else { 1 };
 const BATCH: usize = 64;
 /// How long an association may go without traffic before its receive slots are released.
 const QUIET: Duration = Duration::from_secs(10);
-/// How long a resolved destination name is reused.
-const NAME_CACHE_TTL: Duration = Duration::from_secs(30);
 /// How many names one association keeps resolved.
 const NAME_CACHE_SIZE: usize = 64;
 
@@ -637,8 +635,9 @@ impl Association {
         rules.evaluate(&input) == Decision::Allow
     }
 
-    /// IP destinations as they are; names through a small per-association cache, so a
-    /// stream of datagrams to one name costs one lookup.
+    /// IP destinations as they are; names through a small per-association cache (kept as
+    /// long as the server's `name_cache`), so a stream of datagrams to one name costs
+    /// neither a lookup nor the server-wide cache's lock; a miss asks the server's cache.
     async fn resolve_cached(
         &self,
         state: &mut State,
@@ -648,17 +647,21 @@ impl Association {
         if let Addr::Ip(sa) = dst {
             return Some(*sa);
         }
+        let ttl = self.shared.names.ttl();
         if let Some((addr, at)) = state.names.get(dst) {
-            if now.duration_since(*at) < NAME_CACHE_TTL {
+            if now.duration_since(*at) < ttl {
                 return Some(*addr);
             }
         }
-        let resolved = resolve(dst).await.ok()?;
+        let resolved = resolve(dst, &self.shared.names).await.ok()?;
         let addr = *resolved.iter().find(|a| a.is_ipv4()).or(resolved.first())?;
+        if ttl.is_zero() {
+            return Some(addr);
+        }
         if state.names.len() >= NAME_CACHE_SIZE {
             state
                 .names
-                .retain(|_, (_, at)| now.duration_since(*at) < NAME_CACHE_TTL);
+                .retain(|_, (_, at)| now.duration_since(*at) < ttl);
             if state.names.len() >= NAME_CACHE_SIZE {
                 state.names.clear();
             }
