@@ -47,7 +47,14 @@ async fn connect_and_reply(
         deadline.saturating_duration_since(Instant::now()),
         Local::of(&shared.config),
     )
-    .await?;
+    .await
+    .inspect_err(|_| {
+        // None of its addresses answered: the next request for it looks the name up again
+        // rather than trusting the cached answer for the rest of its time.
+        if let Addr::Domain(host, _) = &dst {
+            shared.names.forget(host.as_str());
+        }
+    })?;
     record.resolved = Some(connected);
     let bound = target.local_addr()?;
     conn.send_reply(&Reply {

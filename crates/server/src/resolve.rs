@@ -59,33 +59,43 @@ impl NameCache {
         self.ttl
     }
 
-    fn get(&self, host: &str, now: Instant) -> Option<Arc<[IpAddr]>> {
+    fn get(&self, host: &str, now: Instant) -> Option<(Arc<[IpAddr]>, Instant)> {
         if self.ttl.is_zero() {
             return None;
         }
         let key = key(host);
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let hit = entries.get(key.as_ref())?;
-        (now.saturating_duration_since(hit.at) < self.ttl).then(|| hit.ips.clone())
+        (now.saturating_duration_since(hit.at) < self.ttl).then(|| (hit.ips.clone(), hit.at))
     }
 
     fn put(&self, host: &str, ips: Arc<[IpAddr]>, now: Instant) {
         if self.ttl.is_zero() {
             return;
         }
+        let key = key(host);
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if entries.len() >= NAME_CACHE_CAPACITY && !entries.contains_key(key(host).as_ref()) {
+        if entries.len() >= NAME_CACHE_CAPACITY && !entries.contains_key(key.as_ref()) {
             entries.retain(|_, r| now.saturating_duration_since(r.at) < self.ttl);
-            if entries.len() >= NAME_CACHE_CAPACITY {
+            // Unless an eighth is free now, start afresh: a scan of the whole map then
+            // comes at most once per eighth of the capacity in new names, not per name.
+            if entries.len() > NAME_CACHE_CAPACITY - NAME_CACHE_CAPACITY / 8 {
                 entries.clear();
             }
         }
-        entries.insert(key(host).into_owned().into(), Resolved { ips, at: now });
+        entries.insert(key.into_owned().into(), Resolved { ips, at: now });
+    }
+
+    /// Drops `host`'s answer: none of its addresses could be connected to, and a fresh
+    /// lookup may know better (a record moved to a server that is up).
+    pub(crate) fn forget(&self, host: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(key(host).as_ref());
     }
 }
 
-/// Names differ only in case for the resolver, so they share an entry; most arrive in
-/// lower case already and cost no copy.
+/// DNS names are case-insensitive, so names that differ only in ASCII case share an entry;
+/// most arrive in lower case already and cost no copy.
 fn key(host: &str) -> Cow<'_, str> {
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(host.to_ascii_lowercase())
@@ -100,6 +110,15 @@ pub(crate) async fn resolve(
     addr: &Addr,
     names: &NameCache,
 ) -> Result<Vec<SocketAddr>, SessionError> {
+    resolve_dated(addr, names).await.map(|(addrs, _)| addrs)
+}
+
+/// [`resolve`], also saying when the answer was looked up (now for an address), so that a
+/// cache kept elsewhere (a UDP association's) does not keep it past the same `ttl`.
+pub(crate) async fn resolve_dated(
+    addr: &Addr,
+    names: &NameCache,
+) -> Result<(Vec<SocketAddr>, Instant), SessionError> {
     resolve_with(addr, names, |host, port| async move {
         Ok(tokio::net::lookup_host((host.as_str(), port))
             .await?
@@ -108,23 +127,28 @@ pub(crate) async fn resolve(
     .await
 }
 
-/// [`resolve`] with the lookup given, so tests can count what reaches it.
+/// [`resolve_dated`] with the lookup given, so tests can count what reaches it.
 async fn resolve_with<F, Fut>(
     addr: &Addr,
     names: &NameCache,
     lookup: F,
-) -> Result<Vec<SocketAddr>, SessionError>
+) -> Result<(Vec<SocketAddr>, Instant), SessionError>
 where
     F: FnOnce(String, u16) -> Fut,
     Fut: std::future::Future<Output = io::Result<Vec<SocketAddr>>>,
 {
     let (host, port) = match addr {
-        Addr::Ip(sa) => return Ok(vec![*sa]),
+        Addr::Ip(sa) => return Ok((vec![*sa], Instant::now())),
         Addr::Domain(host, port) => (host.as_str(), *port),
     };
+    // An address sent as a name (ATYP 03 with "192.0.2.1") needs no lookup, and must not
+    // take cache slots from real names.
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok((vec![SocketAddr::new(ip, port)], Instant::now()));
+    }
     let with_port = |ips: &[IpAddr]| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
-    if let Some(ips) = names.get(host, Instant::now()) {
-        return Ok(with_port(&ips));
+    if let Some((ips, at)) = names.get(host, Instant::now()) {
+        return Ok((with_port(&ips), at));
     }
     let failed = |reason: String| SessionError::ResolveFailed {
         host: host.to_string(),
@@ -137,8 +161,9 @@ where
         return Err(failed("no addresses".into()));
     }
     let ips: Arc<[IpAddr]> = interleave_families(addrs).iter().map(|a| a.ip()).collect();
-    names.put(host, ips.clone(), Instant::now());
-    Ok(with_port(&ips))
+    let now = Instant::now();
+    names.put(host, ips.clone(), now);
+    Ok((with_port(&ips), now))
 }
 
 /// Orders addresses IPv6, IPv4, IPv6, IPv4, ... (keeping each family's order), so that a
@@ -289,33 +314,61 @@ mod tests {
         addrs.iter().map(|a| a.to_string()).collect()
     }
 
+    /// The addresses of a [`resolve_with`] answer, as strings.
+    async fn looked_up<F, Fut>(addr: &Addr, cache: &NameCache, lookup: F) -> Vec<String>
+    where
+        F: FnOnce(String, u16) -> Fut,
+        Fut: std::future::Future<Output = io::Result<Vec<SocketAddr>>>,
+    {
+        let (addrs, _) = resolve_with(addr, cache, lookup).await.unwrap();
+        strings(&addrs)
+    }
+
+    fn count(calls: &std::sync::atomic::AtomicUsize) -> usize {
+        calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_name_is_looked_up_once_per_ttl_whatever_the_port_or_case() {
         let cache = NameCache::new(Duration::from_secs(30));
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ips = ["192.0.2.1", "2001:db8::1"];
-        let first = resolve_with(&name("example.test", 80), &cache, counting(&calls, &ips))
-            .await
-            .unwrap();
+        let first = looked_up(&name("example.test", 80), &cache, counting(&calls, &ips)).await;
         // Families interleaved, IPv6 first, as connects try them.
-        assert_eq!(strings(&first), ["[2001:db8::1]:80", "192.0.2.1:80"]);
+        assert_eq!(first, ["[2001:db8::1]:80", "192.0.2.1:80"]);
         tokio::time::advance(Duration::from_secs(29)).await;
-        let again = resolve_with(&name("Example.TEST", 443), &cache, counting(&calls, &[]))
-            .await
-            .unwrap();
-        assert_eq!(strings(&again), ["[2001:db8::1]:443", "192.0.2.1:443"]);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let again = looked_up(&name("Example.TEST", 443), &cache, counting(&calls, &[])).await;
+        assert_eq!(again, ["[2001:db8::1]:443", "192.0.2.1:443"]);
+        assert_eq!(count(&calls), 1);
         // Past the TTL the name is asked again, and the new answer replaces the old.
         tokio::time::advance(Duration::from_secs(2)).await;
-        let later = resolve_with(
+        let later = looked_up(
             &name("example.test", 80),
             &cache,
             counting(&calls, &["192.0.2.9"]),
         )
-        .await
-        .unwrap();
-        assert_eq!(strings(&later), ["192.0.2.9:80"]);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        .await;
+        assert_eq!(later, ["192.0.2.9:80"]);
+        assert_eq!(count(&calls), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_answer_carries_the_time_it_was_looked_up() {
+        // A UDP association keeps what it gets for `ttl` from this time, so an answer
+        // fetched 29 s ago is good for 1 s more there, not 30.
+        let cache = NameCache::new(Duration::from_secs(30));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let looked = Instant::now();
+        let dst = name("example.test", 53);
+        resolve_with(&dst, &cache, counting(&calls, &["192.0.2.1"]))
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(29)).await;
+        let (_, at) = resolve_with(&dst, &cache, counting(&calls, &[]))
+            .await
+            .unwrap();
+        assert_eq!(at, looked);
+        assert_eq!(count(&calls), 1);
     }
 
     #[tokio::test]
@@ -333,15 +386,26 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("no addresses"), "{err}");
-        let ok = resolve_with(
+        let ok = looked_up(
             &name("gone.test", 80),
             &cache,
             counting(&calls, &["192.0.2.1"]),
         )
-        .await
-        .unwrap();
-        assert_eq!(strings(&ok), ["192.0.2.1:80"]);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        .await;
+        assert_eq!(ok, ["192.0.2.1:80"]);
+        assert_eq!(count(&calls), 2);
+    }
+
+    #[tokio::test]
+    async fn a_forgotten_name_is_looked_up_again() {
+        let cache = NameCache::new(Duration::from_secs(30));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let dst = name("moved.test", 80);
+        looked_up(&dst, &cache, counting(&calls, &["192.0.2.1"])).await;
+        cache.forget("MOVED.test");
+        let fresh = looked_up(&dst, &cache, counting(&calls, &["192.0.2.2"])).await;
+        assert_eq!(fresh, ["192.0.2.2:80"]);
+        assert_eq!(count(&calls), 2);
     }
 
     #[tokio::test]
@@ -349,21 +413,30 @@ mod tests {
         let cache = NameCache::new(Duration::ZERO);
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for _ in 0..3 {
-            resolve_with(
+            looked_up(
                 &name("example.test", 80),
                 &cache,
                 counting(&calls, &["192.0.2.1"]),
             )
-            .await
-            .unwrap();
+            .await;
         }
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(count(&calls), 3);
         let ip = Addr::Ip("198.51.100.7:25".parse().unwrap());
-        let out = resolve_with(&ip, &cache, counting(&calls, &[]))
-            .await
-            .unwrap();
-        assert_eq!(strings(&out), ["198.51.100.7:25"]);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let out = looked_up(&ip, &cache, counting(&calls, &[])).await;
+        assert_eq!(out, ["198.51.100.7:25"]);
+        assert_eq!(count(&calls), 3);
+    }
+
+    #[tokio::test]
+    async fn an_address_sent_as_a_name_is_neither_looked_up_nor_kept() {
+        let cache = NameCache::new(Duration::from_secs(30));
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let v4 = looked_up(&name("192.0.2.7", 80), &cache, counting(&calls, &[])).await;
+        assert_eq!(v4, ["192.0.2.7:80"]);
+        let v6 = looked_up(&name("2001:db8::7", 80), &cache, counting(&calls, &[])).await;
+        assert_eq!(v6, ["[2001:db8::7]:80"]);
+        assert_eq!(count(&calls), 0);
+        assert!(cache.entries.lock().unwrap().is_empty());
     }
 
     #[test]
@@ -371,30 +444,32 @@ mod tests {
         let cache = NameCache::new(Duration::from_secs(30));
         let start = Instant::now();
         let ips: Arc<[IpAddr]> = Arc::from(vec![IpAddr::from([192, 0, 2, 1])]);
+        let len = || cache.entries.lock().unwrap().len();
         for i in 0..NAME_CACHE_CAPACITY {
             cache.put(&format!("n{i}.test"), ips.clone(), start);
         }
         // Full of live answers: a new name makes room by dropping them all.
-        let later = start + Duration::from_secs(1);
-        cache.put("new.test", ips.clone(), later);
-        let len = cache.entries.lock().unwrap().len();
-        assert_eq!(len, 1);
-        assert!(cache.get("new.test", later).is_some());
-        assert!(cache.get("n0.test", later).is_none());
-        // Expired answers go first, live ones stay.
-        for i in 1..NAME_CACHE_CAPACITY {
-            cache.put(
-                &format!("m{i}.test"),
-                ips.clone(),
-                later + Duration::from_secs(20),
-            );
+        let t1 = start + Duration::from_secs(1);
+        cache.put("new.test", ips.clone(), t1);
+        assert_eq!(len(), 1);
+        assert!(cache.get("new.test", t1).is_some());
+        assert!(cache.get("n0.test", t1).is_none());
+        // Full again, mostly of answers that expire first: those go, the live ones stay.
+        let old = NAME_CACHE_CAPACITY - NAME_CACHE_CAPACITY / 4;
+        for i in 1..old {
+            cache.put(&format!("old{i}.test"), ips.clone(), t1);
         }
-        let after = later + Duration::from_secs(40);
-        cache.put("last.test", ips, after);
-        assert!(cache.get("new.test", after).is_none());
-        assert!(cache.get("m1.test", after).is_some());
-        assert!(cache.get("last.test", after).is_some());
-        assert_eq!(cache.entries.lock().unwrap().len(), NAME_CACHE_CAPACITY);
+        let t2 = t1 + Duration::from_secs(20);
+        for i in old..NAME_CACHE_CAPACITY {
+            cache.put(&format!("live{i}.test"), ips.clone(), t2);
+        }
+        assert_eq!(len(), NAME_CACHE_CAPACITY);
+        let t3 = t1 + Duration::from_secs(40);
+        cache.put("last.test", ips, t3);
+        assert_eq!(len(), NAME_CACHE_CAPACITY / 4 + 1);
+        assert!(cache.get("old1.test", t3).is_none());
+        assert!(cache.get(&format!("live{old}.test"), t3).is_some());
+        assert!(cache.get("last.test", t3).is_some());
     }
 
     #[tokio::test]

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::socket::RelaySocket;
 use crate::busy_poll::{self, Spin};
-use crate::resolve::resolve;
+use crate::resolve::resolve_dated;
 use crate::rules::{Decision, RuleInput, Rules};
 use crate::Shared;
 
@@ -653,7 +653,8 @@ impl Association {
                 return Some(*addr);
             }
         }
-        let resolved = resolve(dst, &self.shared.names).await.ok()?;
+        // Dated when the server's cache looked it up, so it is not kept past that `ttl`.
+        let (resolved, looked_up) = resolve_dated(dst, &self.shared.names).await.ok()?;
         let addr = *resolved.iter().find(|a| a.is_ipv4()).or(resolved.first())?;
         if ttl.is_zero() {
             return Some(addr);
@@ -666,7 +667,7 @@ impl Association {
                 state.names.clear();
             }
         }
-        state.names.insert(dst.clone(), (addr, now));
+        state.names.insert(dst.clone(), (addr, looked_up));
         Some(addr)
     }
 }

@@ -139,8 +139,9 @@ pub(crate) struct Common {
     pub(crate) pipelined: bool,
     /// Give the TCP targets by this name in CONNECT requests instead of by address, so
     /// the proxy's name resolution is part of what is measured (as with `curl
-    /// --socks5-hostname` or a browser's remote DNS). The name must resolve to 127.0.0.1
-    /// where the proxy runs, as `localhost` does on most machines.
+    /// --socks5-hostname` or a browser's remote DNS). UDP and BIND requests keep the
+    /// address. The name must resolve to 127.0.0.1 only (checked here; the proxy is on
+    /// this machine), as `localhost` does where /etc/hosts gives it no `::1`.
     #[arg(long, value_name = "NAME", conflicts_with_all = ["direct", "forward"])]
     pub(crate) target_name: Option<String>,
     /// Also write the results to this JSON file.
@@ -418,12 +419,10 @@ impl Via {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             _ => url_creds,
         };
-        let target_name = c
-            .target_name
-            .as_deref()
-            .map(Host::new)
-            .transpose()
-            .map_err(|e| anyhow!("--target-name: {e}"))?;
+        let target_name = match c.target_name.as_deref() {
+            Some(name) => Some(target_name(name)?),
+            None => None,
+        };
         Ok(Via::Socks {
             proxy,
             credentials,
@@ -431,6 +430,27 @@ impl Via {
             target_name,
         })
     }
+}
+
+/// Checks a `--target-name`: it must resolve to 127.0.0.1 and nothing else here (the proxy
+/// is on this machine, so it resolves the same way). A name that also gives `::1`, as
+/// `localhost` does on many systems, would have every proxy try `::1` first, where no
+/// target listens, and pay a refused connect per session.
+fn target_name(name: &str) -> anyhow::Result<Host> {
+    use std::net::ToSocketAddrs;
+    let host = Host::new(name).map_err(|e| anyhow!("--target-name {name}: {e}"))?;
+    let ips: Vec<IpAddr> = (name, 0)
+        .to_socket_addrs()
+        .with_context(|| format!("--target-name {name}: cannot resolve it"))?
+        .map(|a| a.ip())
+        .collect();
+    if ips.is_empty() || ips.iter().any(|ip| *ip != IpAddr::V4(Ipv4Addr::LOCALHOST)) {
+        bail!(
+            "--target-name {name}: resolves to {ips:?}; it must resolve to 127.0.0.1 only \
+             (the targets listen there; an entry in /etc/hosts makes such a name)"
+        );
+    }
+    Ok(host)
 }
 
 /// Parses `HOST:PORT` or `socks5://[USER:PASS@]HOST:PORT`. The proxy must be on loopback:
