@@ -419,15 +419,15 @@ impl Via {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             _ => url_creds,
         };
-        let target_name = match c.target_name.as_deref() {
-            Some(name) => Some(target_name(name)?),
-            None => None,
-        };
         Ok(Via::Socks {
             proxy,
             credentials,
             pipelined: c.pipelined,
-            target_name,
+            target_name: c
+                .target_name
+                .as_deref()
+                .map(checked_target_name)
+                .transpose()?,
         })
     }
 }
@@ -436,7 +436,7 @@ impl Via {
 /// is on this machine, so it resolves the same way). A name that also gives `::1`, as
 /// `localhost` does on many systems, would have every proxy try `::1` first, where no
 /// target listens, and pay a refused connect per session.
-fn target_name(name: &str) -> anyhow::Result<Host> {
+fn checked_target_name(name: &str) -> anyhow::Result<Host> {
     use std::net::ToSocketAddrs;
     let host = Host::new(name).map_err(|e| anyhow!("--target-name {name}: {e}"))?;
     let ips: Vec<IpAddr> = (name, 0)
