@@ -73,3 +73,14 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) overrides: Overrides,
 }
+
+/// Parses a duration argument (`10s`, `1h30m`, `250ms`) and refuses one longer than the
+/// server accepts in its configuration (100 years), whose sum with the clock would
+/// overflow and panic where a deadline is computed.
+pub(crate) fn duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > ferrosocks_server::config::MAX_DURATION {
+        return Err("longer than the most allowed (100 years)".into());
+    }
+    Ok(d)
+}

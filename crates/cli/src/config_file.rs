@@ -324,22 +324,22 @@ pub(crate) struct Overrides {
     #[arg(long)]
     pub(crate) allow_open_proxy: bool,
     /// Deadline for greeting, authentication and request [default: 10s].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::args::duration, value_name = "DURATION")]
     pub(crate) handshake_timeout: Option<Duration>,
     /// Deadline for resolving and connecting to a target [default: 10s].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::args::duration, value_name = "DURATION")]
     pub(crate) connect_timeout: Option<Duration>,
     /// How long BIND waits for the incoming connection [default: 60s].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::args::duration, value_name = "DURATION")]
     pub(crate) bind_timeout: Option<Duration>,
     /// Close a tunnel after this long without traffic [default: 2h].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::args::duration, value_name = "DURATION")]
     pub(crate) idle_timeout: Option<Duration>,
     /// End a UDP association after this long without datagrams [default: 5m].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::args::duration, value_name = "DURATION")]
     pub(crate) udp_idle_timeout: Option<Duration>,
     /// On SIGTERM/SIGINT, how long sessions may drain [default: 30s].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::args::duration, value_name = "DURATION")]
     pub(crate) drain_timeout: Option<Duration>,
     /// Client connections at once [default: 16384].
     #[arg(long, value_name = "N")]
@@ -370,7 +370,7 @@ pub(crate) struct Overrides {
     pub(crate) busy_poll: Option<BusyPollSetting>,
     /// Reuse a name the server resolved (a CONNECT or BIND target, a UDP destination) for
     /// this long before looking it up again; "0" looks up every time [default: 30s].
-    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = crate::args::duration, value_name = "DURATION")]
     pub(crate) name_cache: Option<Duration>,
     /// Threads that run the sessions; "auto" is one fewer than the CPUs this process may
     /// run on, at least one (one CPU free for the kernel and local clients; one worker is

@@ -260,6 +260,73 @@ fn serve_refuses_an_open_proxy_and_names_the_flag() {
     assert!(err.contains("--allow-open-proxy"), "{err}");
 }
 
+/// A timeout or cache time too long for the clock is refused with exit code 2 (the server
+/// used to start, and a session computing its deadline panicked), from the command line
+/// and from the file.
+#[test]
+fn durations_beyond_a_century_are_refused() {
+    // Spawned rather than run to the end: a server that accepted the setting would not exit.
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect-timeout",
+            "500000000000years",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        child.kill().unwrap();
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(
+        err.contains("--connect-timeout") && err.contains("100 years"),
+        "{err}"
+    );
+    // The client commands' durations are bounded the same way (a deadline beyond the
+    // clock panicked there too).
+    for args in [
+        &["udp", "--wait", "500000000000years", "127.0.0.1:9"][..],
+        &[
+            "bench",
+            "connrate",
+            "--direct",
+            "--duration",
+            "500000000000years",
+        ],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("100 years"), "{args:?}: {err}");
+    }
+
+    let path = temp_file(
+        "long-cache.toml",
+        "[server]\nlisten = [\"127.0.0.1:1080\"]\nname_cache = \"500000000000y\"\n",
+    );
+    let out = check_config(&path);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("name_cache"), "{err}");
+    let century = temp_file(
+        "century.toml",
+        "[server]\nlisten = [\"127.0.0.1:1080\"]\nidle_timeout = \"100years\"\nname_cache = \"100y\"\n",
+    );
+    assert_eq!(check_config(&century).status.code(), Some(0));
+}
+
 #[test]
 fn serve_relays_and_exits_0_on_sigterm() {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -177,7 +177,21 @@ pub enum ConfigError {
         "busy_poll {0:?} is longer than the most allowed ({MAX_BUSY_POLL:?}); \"0\" turns it off"
     )]
     BusyPollTooLong(Duration),
+    /// A timeout or `name_cache` too long to add to the clock.
+    #[error("{setting} {value:?} is longer than the most allowed (100 years)")]
+    DurationTooLong {
+        /// The setting's name in the configuration file.
+        setting: &'static str,
+        /// What it was given.
+        value: Duration,
+    },
 }
+
+/// The longest timeout or `name_cache` accepted: long enough to mean "never" (the
+/// server's deadlines are the time now plus the setting, so a `"500000000000 years"`
+/// would overflow the clock and end the session with a panic), short enough that the
+/// sum always fits.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 impl Config {
     /// Checks the rules that span several settings. A server is only built from a
@@ -200,6 +214,20 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !well_formed {
                 return Err(ConfigError::BadCongestionName(name.clone()));
+            }
+        }
+        let t = &self.timeouts;
+        for (setting, value) in [
+            ("handshake_timeout", t.handshake),
+            ("connect_timeout", t.connect),
+            ("bind_timeout", t.bind),
+            ("idle_timeout", t.idle),
+            ("udp_idle_timeout", t.udp_idle),
+            ("drain_timeout", t.drain),
+            ("name_cache", self.name_cache),
+        ] {
+            if value > MAX_DURATION {
+                return Err(ConfigError::DurationTooLong { setting, value });
             }
         }
         if let BusyPoll::Window(window) = self.busy_poll {
@@ -273,6 +301,50 @@ mod tests {
             users: vec![],
         }]);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn durations_longer_than_a_century_are_refused() {
+        let century = Config {
+            timeouts: Timeouts {
+                idle: MAX_DURATION,
+                ..Timeouts::default()
+            },
+            name_cache: MAX_DURATION,
+            ..Config::default()
+        };
+        century.validate().unwrap();
+        let too_long = MAX_DURATION + Duration::from_secs(1);
+        for name in [
+            "handshake_timeout",
+            "connect_timeout",
+            "bind_timeout",
+            "idle_timeout",
+            "udp_idle_timeout",
+            "drain_timeout",
+            "name_cache",
+        ] {
+            let mut c = Config::default();
+            let t = &mut c.timeouts;
+            let field = match name {
+                "handshake_timeout" => &mut t.handshake,
+                "connect_timeout" => &mut t.connect,
+                "bind_timeout" => &mut t.bind,
+                "idle_timeout" => &mut t.idle,
+                "udp_idle_timeout" => &mut t.udp_idle,
+                "drain_timeout" => &mut t.drain,
+                _ => &mut c.name_cache,
+            };
+            *field = too_long;
+            assert_eq!(
+                c.validate(),
+                Err(ConfigError::DurationTooLong {
+                    setting: name,
+                    value: too_long
+                }),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub(crate) struct BindArgs {
     #[arg(long)]
     pub(crate) json: bool,
     /// Give up if no peer connects within this time (default: as long as the proxy waits).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
     pub(crate) accept_timeout: Option<Duration>,
     /// At stdin's EOF send nothing, and end when the peer closes (see `connect --help`).
     #[arg(long)]

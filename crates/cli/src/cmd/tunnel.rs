@@ -18,10 +18,10 @@ pub(crate) struct ProxyArgs {
     #[arg(long, short = 'x', value_name = "URL", value_parser = parse_proxy)]
     pub(crate) proxy: ProxyUrl,
     /// Bounds resolving the proxy's name and connecting to it, each.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::args::duration)]
     pub(crate) connect_timeout: Duration,
     /// Bounds the SOCKS handshake (greeting, authentication, request and reply).
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::args::duration)]
     pub(crate) handshake_timeout: Duration,
 }
 

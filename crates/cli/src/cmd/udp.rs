@@ -27,7 +27,7 @@ pub(crate) struct UdpArgs {
     #[arg(long)]
     pub(crate) hex: bool,
     /// After stdin's EOF, how long to wait for more replies (counted from the last one).
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = crate::args::duration)]
     pub(crate) wait: Duration,
 }
 

@@ -128,10 +128,10 @@ pub(crate) struct Common {
     #[arg(long, requires = "user")]
     pub(crate) pass: Option<String>,
     /// How long each measurement runs.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    #[arg(long, value_parser = crate::args::duration, default_value = "3s")]
     pub(crate) duration: Duration,
     /// The longest any single step (connect, handshake, read) may take before the run fails.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = crate::args::duration, default_value = "10s")]
     pub(crate) timeout: Duration,
     /// Send the CONNECT request together with the greeting (saves a round trip; some
     /// servers, microsocks among them, lose a pipelined request).
@@ -236,7 +236,7 @@ pub(crate) struct IdleArgs {
     #[arg(long)]
     pub(crate) no_ping: bool,
     /// How long to wait after the last tunnel opened before reading memory.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = crate::args::duration, default_value = "1s")]
     pub(crate) settle: Duration,
 }
 

@@ -43,7 +43,7 @@ pub(crate) struct PeersArgs {
     #[arg(long)]
     pub(crate) quick: bool,
     /// Time per measurement [default: 3s, 1s with --quick].
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = crate::args::duration)]
     pub(crate) duration: Option<Duration>,
     /// Idle tunnels per idle measurement [default: 9000, 3000 with --quick].
     #[arg(long)]

@@ -52,11 +52,11 @@ pub(crate) struct ProbeArgs {
     #[arg(long)]
     pub(crate) json: bool,
     /// Deadline for each single step (connect, each awaited message).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::args::duration)]
     pub(crate) timeout: Duration,
     /// How long to watch for the server closing a connection after a failure reply (RFC
     /// 1928 allows up to 10 s; a close later than this is reported as "stays open").
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = crate::args::duration)]
     pub(crate) close_wait: Duration,
 }
 
