@@ -391,6 +391,17 @@ impl Via {
         }
     }
 
+    /// Whether CONNECT requests carry the targets' name (`--target-name`).
+    pub(crate) fn names_targets(&self) -> bool {
+        matches!(
+            self,
+            Via::Socks {
+                target_name: Some(_),
+                ..
+            }
+        )
+    }
+
     fn from_common(c: &Common) -> anyhow::Result<Via> {
         if c.direct {
             return Ok(Via::Direct);

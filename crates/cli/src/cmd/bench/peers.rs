@@ -60,8 +60,9 @@ pub(crate) struct PeersArgs {
     /// n/a) and is stopped with everything its command started.
     #[arg(long, value_name = "NAME=COMMAND", value_parser = parse_peer)]
     pub(crate) peer: Vec<Peer>,
-    /// Cases to run: throughput, iperf3, connrate, latency, udp, idle (default: all).
-    #[arg(long, value_delimiter = ',')]
+    /// Cases to run: throughput, iperf3, connrate, connrate-by-name, latency, udp, idle
+    /// (default: all).
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     pub(crate) scenarios: Vec<String>,
     /// Datagrams per second in the fixed-rate UDP case. It is meant as a rate direct
     /// sustains without loss, so that any loss is the relay's; on a slower machine, pick a
@@ -108,6 +109,21 @@ pub(crate) struct PeersArgs {
     #[arg(long, default_value = "bench/results/latest.svg")]
     pub(crate) svg: PathBuf,
 }
+
+/// What `--scenarios` can name.
+const SCENARIOS: [&str; 7] = [
+    "throughput",
+    "iperf3",
+    "connrate",
+    "connrate-by-name",
+    "latency",
+    "udp",
+    "idle",
+];
+
+/// The name the by-name sessions give their targets by: it must resolve to 127.0.0.1 only
+/// (checked before the run), as it does on this project's machines.
+const TARGET_NAME: &str = "localhost";
 
 /// One case: a name and the load that runs it.
 struct Case {
@@ -166,6 +182,20 @@ fn cases(a: &PeersArgs, tunnels: usize) -> Vec<Case> {
             name: "connrate",
             scenario: "connrate",
             load: Load::Generator(s(&["connrate", "--workers", "8"])),
+        },
+        // The same sessions with the target given by name, as `socks5h://` clients and
+        // browsers with remote DNS send it: the proxy resolves a name in each session.
+        // Direct has no proxy to do that, so this row has no ratio to direct.
+        Case {
+            name: "connrate by name",
+            scenario: "connrate-by-name",
+            load: Load::Generator(s(&[
+                "connrate",
+                "--workers",
+                "8",
+                "--target-name",
+                TARGET_NAME,
+            ])),
         },
         Case {
             name: "latency",
@@ -340,7 +370,18 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let work = std::env::temp_dir().join(format!("ferrosocks-peers-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let cases = cases(&a, tunnels);
+    let mut cases = cases(&a, tunnels);
+    // Left out, with a warning, where the name also resolves elsewhere (`::1`, say):
+    // every proxy would then try that address first and pay a refused connect per session.
+    let mut warnings = Vec::new();
+    if cases.iter().any(|c| c.scenario == "connrate-by-name") {
+        if let Err(e) = super::checked_target_name(TARGET_NAME) {
+            let why = format!("the by-name sessions are left out: {e:#}");
+            println!("bench peers: {why}");
+            warnings.push(why);
+            cases.retain(|c| c.scenario != "connrate-by-name");
+        }
+    }
     println!(
         "bench peers: {} repetitions x {} cases x {} contenders, {:?} each, {} idle tunnels; \
          proxies on CPU {}, generator on CPU {}; logs in {}",
@@ -490,7 +531,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
         }
         println!("{line}");
     }
-    let warnings = direct_losses_at_fixed_rate(&raw, a.udp_rate);
+    warnings.extend(direct_losses_at_fixed_rate(&raw, a.udp_rate));
     for w in &warnings {
         println!("  warning: {w}");
     }
@@ -880,6 +921,7 @@ fn applies(contender: &str, scenario: &str) -> Result<(), &'static str> {
         }
         ("nginx", _) => Err("nginx runs as a plain forwarder here: no SOCKS handshake"),
         ("bare-udp", _) => Err("the bare forwarder relays UDP only, without SOCKS"),
+        ("direct", "connrate-by-name") => Err("direct has no proxy to resolve the targets' name"),
         _ => Ok(()),
     }
 }
@@ -1517,24 +1559,40 @@ mod tests {
     }
 
     #[test]
-    fn forwarders_run_only_what_a_plain_forwarder_can() {
+    fn each_contender_runs_only_what_it_can() {
         for scenario in ["throughput", "iperf3", "latency"] {
             assert!(applies("haproxy", scenario).is_ok());
             assert!(applies("nginx", scenario).is_ok());
         }
         assert!(applies("nginx", "udp").is_ok());
         assert!(applies("haproxy", "udp").is_err());
-        for scenario in ["connrate", "idle"] {
+        for scenario in ["connrate", "connrate-by-name", "idle"] {
             assert!(applies("haproxy", scenario).is_err());
             assert!(applies("nginx", scenario).is_err());
         }
         assert!(applies("bare-udp", "udp").is_ok());
-        for scenario in ["throughput", "iperf3", "connrate", "latency", "idle"] {
+        for scenario in SCENARIOS.into_iter().filter(|s| *s != "udp") {
             assert!(applies("bare-udp", scenario).is_err());
         }
-        for scenario in ["throughput", "iperf3", "connrate", "latency", "udp", "idle"] {
+        for scenario in SCENARIOS {
             assert!(applies("ferrosocks", scenario).is_ok());
             assert!(applies("dante", scenario).is_ok());
+            assert!(
+                applies("hev", scenario).is_ok(),
+                "a --peer is a SOCKS server"
+            );
+            assert_eq!(
+                applies("direct", scenario).is_ok(),
+                scenario != "connrate-by-name"
+            );
         }
+        let names = cases(&args(&["--scenarios", "connrate-by-name"]), 1);
+        let [case] = &names[..] else {
+            panic!("one case")
+        };
+        let Load::Generator(load) = &case.load else {
+            panic!("by the generator")
+        };
+        assert!(load.windows(2).any(|w| w == ["--target-name", TARGET_NAME]));
     }
 }

@@ -349,7 +349,15 @@ pub(crate) fn chart(
         .collect();
     let pick =
         |pred: &dyn Fn(&Row) -> bool| -> Vec<&Row> { rows.iter().filter(|r| pred(r)).collect() };
-    let rates = pick(&|r| r.better == Better::Higher && !r.case.starts_with("idle"));
+    // Rates are drawn as ratios to direct, so a row direct cannot run (sessions to a name:
+    // no proxy to resolve it) has nothing to draw there; the table has its figures.
+    let direct_runs = |r: &Row| {
+        !r.errors
+            .get("direct")
+            .is_some_and(|e| e.starts_with(NOT_APPLICABLE))
+    };
+    let rates =
+        pick(&|r| r.better == Better::Higher && !r.case.starts_with("idle") && direct_runs(r));
     let lat = pick(&|r| r.metric.ends_with("µs"));
     let mem = pick(&|r| {
         r.case.starts_with("idle")
@@ -583,6 +591,43 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let table = peers_table(&rows, &contenders);
         assert!(table.contains("ferro/dante") && table.contains("n/a"));
+    }
+
+    #[test]
+    fn a_rate_direct_cannot_run_is_in_the_table_but_not_among_the_ratios() {
+        let contenders: Vec<String> = ["direct", "microsocks", "ferrosocks"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let rate = |case: &str, direct: Option<f64>| {
+            let mut r = Row::new(case, "sessions/s", Better::Higher);
+            r.reps.insert("direct".into(), vec![direct]);
+            r.reps.insert("microsocks".into(), vec![Some(10.0)]);
+            r.reps.insert("ferrosocks".into(), vec![Some(15.0)]);
+            if direct.is_none() {
+                r.errors
+                    .insert("direct".into(), format!("{NOT_APPLICABLE}: no proxy"));
+            }
+            r.summarize(&contenders);
+            r
+        };
+        let rows = [
+            rate("connrate 8w", Some(40.0)),
+            rate("connrate 8w by name", None),
+        ];
+        let dir = std::env::temp_dir().join(format!("ferrosocks-chart-n-{}", std::process::id()));
+        let path = dir.join("c.svg");
+        chart(&path, "test", &rows, &contenders).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(svg.contains("connrate 8w"), "{svg}");
+        assert!(!svg.contains("by name"), "{svg}");
+        let table = peers_table(&rows, &contenders);
+        let by_name = table.lines().find(|l| l.contains("by name")).unwrap();
+        assert!(
+            by_name.contains("1.50x"),
+            "ferrosocks / microsocks: {table}"
+        );
     }
 
     #[test]

@@ -331,7 +331,13 @@ pub(super) async fn connrate(ctx: Ctx, a: ConnrateArgs) -> anyhow::Result<Vec<Re
         bail!("connrate: no session completed");
     }
     let detail = json!({ "sessions": n, "seconds": secs, "workers": a.workers });
-    let case = format!("connrate {}w", a.workers);
+    // Its own case when the proxy resolves the targets' name, so a side-by-side run keeps
+    // the two kinds of session in separate rows.
+    let case = if ctx.via.names_targets() {
+        format!("connrate {}w by name", a.workers)
+    } else {
+        format!("connrate {}w", a.workers)
+    };
     Ok(vec![
         Record::new(&case, "sessions/s", n as f64 / secs, Better::Higher).detail(detail.clone()),
         Record::new(

@@ -187,6 +187,8 @@ async fn targets_can_be_given_by_name() {
     .await
     .unwrap();
     assert_eq!(cr[0].detail["sessions"].as_u64(), Some(20));
+    // A row of its own beside the sessions to addresses in `bench peers`.
+    assert_eq!(cr[0].case, "connrate 2w by name");
     server.shutdown().await;
     let echo = format!("\"target\":\"localhost:{}\"", ctx.targets.echo_once.port());
     let lines = log.lines();
