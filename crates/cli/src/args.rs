@@ -75,12 +75,77 @@ pub(crate) struct ServeArgs {
 }
 
 /// Parses a duration argument (`10s`, `1h30m`, `250ms`) and refuses one longer than the
-/// server accepts in its configuration (100 years), whose sum with the clock would
-/// overflow and panic where a deadline is computed.
+/// server accepts in its configuration (100 years): several of them are added to the
+/// clock to make a deadline (the server's settings, `udp --wait`, `probe`'s steps, the
+/// bench's durations), where a sum past the clock's range panics, and one bound for every
+/// duration is simpler to state than which ones need it.
 pub(crate) fn duration(s: &str) -> Result<std::time::Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d > ferrosocks_server::config::MAX_DURATION {
         return Err("longer than the most allowed (100 years)".into());
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn every_duration_argument_is_bounded_at_a_century() {
+        assert_eq!(
+            humantime::format_duration(ferrosocks_server::config::MAX_DURATION).to_string(),
+            "100years",
+            "the messages and the README say 100 years"
+        );
+        let connect = [
+            "connect",
+            "--proxy",
+            "socks5://127.0.0.1:1080",
+            "127.0.0.1:9",
+        ];
+        let udp = ["udp", "--proxy", "socks5://127.0.0.1:1080", "127.0.0.1:9"];
+        let bind = ["bind", "--proxy", "socks5://127.0.0.1:1080", "127.0.0.1:0"];
+        let probe = ["probe", "--proxy", "socks5://127.0.0.1:1080"];
+        let cases: [(&[&str], &str); 20] = [
+            (&["serve"], "--handshake-timeout"),
+            (&["serve"], "--connect-timeout"),
+            (&["serve"], "--bind-timeout"),
+            (&["serve"], "--idle-timeout"),
+            (&["serve"], "--udp-idle-timeout"),
+            (&["serve"], "--drain-timeout"),
+            (&["serve"], "--name-cache"),
+            (&connect, "--connect-timeout"),
+            (&connect, "--handshake-timeout"),
+            (&udp, "--wait"),
+            (&udp, "--connect-timeout"),
+            (&bind, "--accept-timeout"),
+            (&bind, "--handshake-timeout"),
+            (&probe, "--timeout"),
+            (&probe, "--close-wait"),
+            (&["bench", "connrate", "--direct"], "--duration"),
+            (&["bench", "connrate", "--direct"], "--timeout"),
+            (&["bench", "idle", "--direct"], "--settle"),
+            (&["bench", "peers"], "--duration"),
+            (&["bench", "all", "--direct"], "--duration"),
+        ];
+        for (command, flag) in cases {
+            let mut argv = vec!["ferrosocks"];
+            argv.extend_from_slice(command);
+            argv.extend([flag, "500000000000years"]);
+            let err = Cli::try_parse_from(&argv).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{argv:?}: {err}"
+            );
+            assert!(err.to_string().contains("100 years"), "{argv:?}: {err}");
+            *argv.last_mut().unwrap() = "100years";
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                panic!("{argv:?}: {e}");
+            }
+        }
+    }
 }

@@ -194,7 +194,8 @@ pub enum ConfigError {
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
 
 impl Config {
-    /// Checks the rules that span several settings. A server is only built from a
+    /// Checks what the settings' own types cannot: rules that span several settings, and
+    /// bounds (durations, the busy-poll window, names). A server is only built from a
     /// configuration that passes.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {

@@ -392,7 +392,7 @@ impl Via {
     }
 
     /// Whether CONNECT requests carry the targets' name (`--target-name`).
-    pub(crate) fn names_targets(&self) -> bool {
+    pub(crate) fn targets_by_name(&self) -> bool {
         matches!(
             self,
             Via::Socks {
@@ -400,6 +400,18 @@ impl Via {
                 ..
             }
         )
+    }
+
+    /// The case name of a TCP measurement (its sessions CONNECT to the targets): marked
+    /// when they name the targets, so a side-by-side run keeps sessions to a name and to
+    /// an address in separate rows (`bench peers` merges rows by case and metric).
+    pub(crate) fn tcp_case(&self, case: impl Into<String>) -> String {
+        let case = case.into();
+        if self.targets_by_name() {
+            format!("{case} by name")
+        } else {
+            case
+        }
     }
 
     fn from_common(c: &Common) -> anyhow::Result<Via> {

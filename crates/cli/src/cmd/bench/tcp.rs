@@ -59,10 +59,12 @@ pub(super) async fn source(mut s: TcpStream, registry: Arc<Registry>) {
     let id = u64::from_le_bytes(hdr[0..8].try_into().unwrap_or_default());
     let ms = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
     let budget = u64::from_le_bytes(hdr[16..24].try_into().unwrap_or_default());
-    let deadline = Instant::now() + Duration::from_millis(ms);
+    // The header comes off the wire: a duration too long for the clock is as good as
+    // "until the budget runs out".
+    let deadline = Instant::now().checked_add(Duration::from_millis(ms));
     let buf = pattern(CHUNK);
     let mut bytes = 0u64;
-    while bytes < budget && Instant::now() < deadline {
+    while bytes < budget && deadline.is_none_or(|d| Instant::now() < d) {
         let n = (budget - bytes).min(CHUNK as u64) as usize;
         if s.write_all(&buf[..n]).await.is_err() {
             return;
@@ -197,7 +199,8 @@ async fn throughput_case(
     };
     let plural = if streams == 1 { "stream" } else { "streams" };
     Ok(Record::new(
-        format!("tcp {streams} {plural} {dir_name}"),
+        ctx.via
+            .tcp_case(format!("tcp {streams} {plural} {dir_name}")),
         "Gbit/s",
         total as f64 * 8.0 / secs / 1e9,
         Better::Higher,
@@ -331,13 +334,7 @@ pub(super) async fn connrate(ctx: Ctx, a: ConnrateArgs) -> anyhow::Result<Vec<Re
         bail!("connrate: no session completed");
     }
     let detail = json!({ "sessions": n, "seconds": secs, "workers": a.workers });
-    // Its own case when the proxy resolves the targets' name, so a side-by-side run keeps
-    // the two kinds of session in separate rows.
-    let case = if ctx.via.names_targets() {
-        format!("connrate {}w by name", a.workers)
-    } else {
-        format!("connrate {}w", a.workers)
-    };
+    let case = ctx.via.tcp_case(format!("connrate {}w", a.workers));
     Ok(vec![
         Record::new(&case, "sessions/s", n as f64 / secs, Better::Higher).detail(detail.clone()),
         Record::new(
@@ -413,7 +410,7 @@ pub(super) async fn latency(ctx: Ctx, a: LatencyArgs) -> anyhow::Result<Vec<Reco
     }
     let detail =
         json!({ "round_trips": rtts.len(), "warmup": WARMUP, "seconds": secs, "size": size });
-    let case = "latency".to_string();
+    let case = ctx.via.tcp_case("latency");
     Ok(vec![
         Record::new(
             &case,
@@ -530,7 +527,7 @@ pub(super) async fn idle(ctx: Ctx, a: IdleArgs) -> anyhow::Result<Vec<Record>> {
         "kernel_kib": [before.kernel, after.kernel],
         "generator_rss_kib": [before.self_rss, after.self_rss],
     });
-    let case = "idle tunnels".to_string();
+    let case = ctx.via.tcp_case("idle tunnels");
     let mut out = vec![Record::new(&case, "opened", opened as f64, Better::Higher).detail(detail)];
     if let Some(v) = per(before.proxy_rss, after.proxy_rss, 1) {
         out.push(Record::new(&case, "RSS KiB/tunnel", v, Better::Lower));

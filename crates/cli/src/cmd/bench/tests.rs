@@ -165,6 +165,26 @@ async fn every_scenario_through_ferrosocks() {
     server.shutdown().await;
 }
 
+/// Every TCP case measured with named targets is a case of its own (so `bench peers` keeps
+/// it apart from the same case with addresses); without a name nothing changes.
+#[test]
+fn tcp_cases_with_named_targets_are_marked() {
+    let proxy: SocketAddr = "127.0.0.1:1080".parse().unwrap();
+    let socks = |target_name: Option<Host>| Via::Socks {
+        proxy,
+        credentials: None,
+        pipelined: false,
+        target_name,
+    };
+    let named = socks(Some(Host::new("bench-target").unwrap()));
+    assert!(named.targets_by_name());
+    assert_eq!(named.tcp_case("latency"), "latency by name");
+    for plain in [socks(None), Via::Direct] {
+        assert!(!plain.targets_by_name());
+        assert_eq!(plain.tcp_case("latency"), "latency");
+    }
+}
+
 // `--target-name`: CONNECT carries the name, the proxy resolves it, the sessions run.
 #[tokio::test]
 async fn targets_can_be_given_by_name() {
