@@ -74,10 +74,25 @@ impl FromStr for Cidr {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("{s:?}: prefix length must be 0 to {max}"))?,
         };
-        Ok(Cidr {
-            network: network.to_canonical(),
-            prefix,
-        })
+        // `contains` compares IPv4-mapped addresses as IPv4, so a network inside
+        // ::ffff:0:0/96 becomes the IPv4 network it maps, its prefix counting IPv4 bits
+        // (`::ffff:10.1.2.3/128` is 10.1.2.3/32). Keeping the IPv6 prefix on the IPv4
+        // address made the mask's shift overflow: the rule matched every IPv4 address.
+        if let IpAddr::V6(v6) = network {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                if prefix >= 96 {
+                    return Ok(Cidr {
+                        network: IpAddr::V4(v4),
+                        prefix: prefix - 96,
+                    });
+                }
+                return Err(format!(
+                    "{s:?}: an IPv4-mapped network needs a prefix of 96 to 128 (write the IPv4 \
+                     network instead)"
+                ));
+            }
+        }
+        Ok(Cidr { network, prefix })
     }
 }
 
@@ -273,6 +288,25 @@ mod tests {
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    /// An IPv4-mapped IPv6 network is the IPv4 network it maps: `::ffff:127.0.0.5/128`
+    /// once matched every IPv4 address (a `from` rule admitted every client).
+    #[test]
+    fn mapped_networks_are_their_ipv4_networks() {
+        let one: Cidr = "::ffff:127.0.0.5/128".parse().unwrap();
+        assert_eq!(one, "127.0.0.5/32".parse().unwrap());
+        assert!(one.contains("127.0.0.5".parse().unwrap()));
+        assert!(!one.contains("127.0.0.1".parse().unwrap()));
+        assert!(!one.contains("10.1.2.3".parse().unwrap()));
+        let bare: Cidr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(bare, "10.1.2.3/32".parse().unwrap());
+        let net: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert_eq!(net, "10.0.0.0/8".parse().unwrap());
+        assert!(net.contains("::ffff:10.9.9.9".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!("::ffff:10.0.0.0/95".parse::<Cidr>().is_err());
+        assert!("::ffff:10.0.0.0/129".parse::<Cidr>().is_err());
     }
 
     #[test]
