@@ -421,11 +421,11 @@ impl SessionRecord {
         s.push_str(" client=");
         push_addr(&mut s, self.client);
         s.push_str(" user=");
-        s.push_str(self.user.as_deref().unwrap_or("-"));
+        push_value(&mut s, self.user.as_deref());
         s.push_str(" cmd=");
         self.push_command(&mut s);
         s.push_str(" dst=");
-        s.push_str(self.target.as_deref().unwrap_or("-"));
+        push_value(&mut s, self.target.as_deref());
         s.push_str(" resolved=");
         match self.resolved {
             Some(addr) => push_addr(&mut s, addr),
@@ -519,6 +519,26 @@ fn push_addr(s: &mut String, addr: SocketAddr) {
         SocketAddr::V6(_) => {
             let _ = write!(s, "{addr}");
         }
+    }
+}
+
+/// Appends a value the client chose (a user name, a requested host): as it is when it is
+/// one plain token, the usual case, else quoted and escaped like `end`, so a name with a
+/// space, a quote, a newline or a terminal escape cannot forge fields or whole lines of
+/// the log. `None` is `-`, and a value that is itself `-` is quoted.
+fn push_value(s: &mut String, value: Option<&str>) {
+    match value {
+        None => s.push('-'),
+        Some(text)
+            if text != "-"
+                && !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| (b'!'..=b'~').contains(&b) && b != b'"' && b != b'\\') =>
+        {
+            s.push_str(text)
+        }
+        Some(text) => push_quoted(s, text),
     }
 }
 
@@ -675,6 +695,37 @@ mod tests {
         bare.end = String::new();
         assert!(bare.to_text().contains(" cmd=- dst=- resolved=- rep=- "));
         assert!(bare.to_text().ends_with(" end=\"\""));
+    }
+
+    /// A user name or a requested host is the client's to choose: one that is not a
+    /// plain token is quoted and escaped, so it can neither add fields nor start a line.
+    #[test]
+    fn client_chosen_values_cannot_forge_fields_or_lines() {
+        let mut r = SessionRecord::new("127.0.0.1:9".parse().unwrap());
+        r.start = SystemTime::UNIX_EPOCH;
+        r.user = Some("evil\nclient=1.2.3.4 user=admin \u{1b}[31m".into());
+        r.target = Some("\0\n2026 dst=forged:1".into());
+        let line = r.to_text();
+        assert!(!line.contains('\n') && !line.contains('\u{1b}'), "{line}");
+        assert!(
+            line.contains(r#" user="evil\nclient=1.2.3.4 user=admin \u{1b}[31m" cmd="#),
+            "{line}"
+        );
+        assert!(
+            line.contains(r#" dst="\0\n2026 dst=forged:1" resolved="#),
+            "{line}"
+        );
+        // Plain tokens stay as they were; `-` itself is told apart from "none".
+        for (user, written) in [
+            ("alice", "user=alice "),
+            ("-", "user=\"-\" "),
+            ("", "user=\"\" "),
+            ("a b", "user=\"a b\" "),
+            ("q\"", "user=\"q\\\"\" "),
+        ] {
+            r.user = Some(user.into());
+            assert!(r.to_text().contains(written), "{user:?}: {}", r.to_text());
+        }
     }
 
     /// What `push` appends to an empty `String`.
