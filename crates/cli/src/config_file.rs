@@ -706,15 +706,6 @@ fn build(
             .or(s.name_cache)
             .unwrap_or(ferrosocks_server::config::DEFAULT_NAME_CACHE),
     };
-    for (name, value) in [
-        ("max_connections", config.limits.max_connections),
-        ("max_handshakes", config.limits.max_handshakes),
-        ("max_udp_associations", config.limits.max_udp_associations),
-    ] {
-        if value == 0 {
-            return Err(at(None, format!("{name} must be at least 1")));
-        }
-    }
     config.validate().map_err(|e| {
         let span = match &e {
             ConfigError::OpenProxy(addr) => listen_spans

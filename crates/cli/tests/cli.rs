@@ -327,6 +327,29 @@ fn durations_beyond_a_century_are_refused() {
     assert_eq!(check_config(&century).status.code(), Some(0));
 }
 
+/// A limit is the size of a semaphore: zero or more than one holds is refused with exit
+/// code 2 (a huge one passed `check-config` and made `serve` panic at start).
+#[test]
+fn limits_beyond_a_semaphore_are_refused() {
+    for (setting, value) in [
+        ("max_connections", "9223372036854775807"),
+        ("max_handshakes", "0"),
+        ("max_udp_associations", "2305843009213693952"),
+    ] {
+        let path = temp_file(
+            &format!("{setting}.toml"),
+            &format!("[server]\nlisten = [\"127.0.0.1:1080\"]\n{setting} = {value}\n"),
+        );
+        let out = check_config(&path);
+        assert_eq!(out.status.code(), Some(2), "{setting}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(setting) && err.contains("out of range"),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn serve_relays_and_exits_0_on_sigterm() {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -177,6 +177,14 @@ pub enum ConfigError {
         "busy_poll {0:?} is longer than the most allowed ({MAX_BUSY_POLL:?}); \"0\" turns it off"
     )]
     BusyPollTooLong(Duration),
+    /// A limit of zero (nothing could ever be served) or beyond what a semaphore holds.
+    #[error("{setting} {value} is out of range: 1 to {MAX_LIMIT}")]
+    LimitOutOfRange {
+        /// The setting's name in the configuration file.
+        setting: &'static str,
+        /// What it was given.
+        value: usize,
+    },
     /// A timeout or `name_cache` too long to add to the clock.
     #[error("{setting} {value:?} is longer than the most allowed (100 years)")]
     DurationTooLong {
@@ -186,6 +194,10 @@ pub enum ConfigError {
         value: Duration,
     },
 }
+
+/// The largest `max_connections`, `max_handshakes` or `max_udp_associations`: each is the
+/// size of a semaphore, which holds at most this many permits (tokio panics beyond it).
+pub const MAX_LIMIT: usize = tokio::sync::Semaphore::MAX_PERMITS;
 
 /// The longest timeout or `name_cache` accepted: long enough to mean "never" (the
 /// server's deadlines are the time now plus the setting, so a `"500000000000 years"`
@@ -215,6 +227,16 @@ impl Config {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
             if !well_formed {
                 return Err(ConfigError::BadCongestionName(name.clone()));
+            }
+        }
+        let l = &self.limits;
+        for (setting, value) in [
+            ("max_connections", l.max_connections),
+            ("max_handshakes", l.max_handshakes),
+            ("max_udp_associations", l.max_udp_associations),
+        ] {
+            if value == 0 || value > MAX_LIMIT {
+                return Err(ConfigError::LimitOutOfRange { setting, value });
             }
         }
         let t = &self.timeouts;
@@ -346,6 +368,31 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn limits_must_fit_a_semaphore_and_not_be_zero() {
+        for value in [0, MAX_LIMIT + 1, usize::MAX] {
+            for setting in ["max_connections", "max_handshakes", "max_udp_associations"] {
+                let mut c = Config::default();
+                let l = &mut c.limits;
+                *match setting {
+                    "max_connections" => &mut l.max_connections,
+                    "max_handshakes" => &mut l.max_handshakes,
+                    _ => &mut l.max_udp_associations,
+                } = value;
+                assert_eq!(
+                    c.validate(),
+                    Err(ConfigError::LimitOutOfRange { setting, value }),
+                    "{setting} {value}"
+                );
+            }
+        }
+        let mut c = Config::default();
+        c.limits.max_connections = MAX_LIMIT;
+        c.validate().unwrap();
+        // The server builds its semaphores from it without panicking.
+        let _ = tokio::sync::Semaphore::new(c.limits.max_connections);
     }
 
     #[test]
