@@ -78,8 +78,18 @@ pub enum Credential {
     Hashed(PasswordHashString),
 }
 
+/// The most memory an accepted Argon2 hash may ask for per check: 1 GiB (the default hash
+/// of `ferrosocks passwd` takes 19 MiB).
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 1 << 20;
+/// The most work (memory in KiB × passes) an accepted hash may ask for per check: about
+/// two seconds of one core, fifty times the default's.
+pub const MAX_ARGON2_WORK: u64 = 1 << 21;
+/// The most lanes an accepted hash may ask for.
+pub const MAX_ARGON2_LANES: u32 = 16;
+
 impl Credential {
-    /// Parses a PHC string as an Argon2 hash whose parameters Argon2 accepts.
+    /// Parses a PHC string as an Argon2 hash whose parameters Argon2 accepts and whose cost
+    /// per check is bounded (see [`MAX_ARGON2_WORK`]).
     pub fn hashed(phc: &str) -> Result<Credential, String> {
         let hash = PasswordHash::new(phc).map_err(|e| format!("not a PHC hash string: {e}"))?;
         match hash.algorithm.as_str() {
@@ -90,7 +100,22 @@ impl Credential {
                 ))
             }
         }
-        argon2::Params::try_from(&hash).map_err(|e| format!("invalid Argon2 parameters: {e}"))?;
+        let params = argon2::Params::try_from(&hash)
+            .map_err(|e| format!("invalid Argon2 parameters: {e}"))?;
+        // Every login attempt, even by an unknown name (checked against some user's hash),
+        // runs Argon2 with these parameters: a hash that asks for gigabytes or minutes would
+        // let any client abort the server (a failed allocation) or tie up its checks.
+        let (memory, passes, lanes) = (params.m_cost(), params.t_cost(), params.p_cost());
+        if memory > MAX_ARGON2_MEMORY_KIB
+            || u64::from(memory) * u64::from(passes) > MAX_ARGON2_WORK
+            || lanes > MAX_ARGON2_LANES
+        {
+            return Err(format!(
+                "Argon2 parameters m={memory},t={passes},p={lanes} cost too much per login \
+                 (at most m={MAX_ARGON2_MEMORY_KIB} KiB, m×t={MAX_ARGON2_WORK}, \
+                 p={MAX_ARGON2_LANES}; `ferrosocks passwd` uses m=19456,t=2,p=1)"
+            ));
+        }
         if hash.hash.is_none() {
             return Err("the PHC string has no hash part".into());
         }
@@ -457,6 +482,29 @@ mod tests {
         let entry = format!("u:{}", cheap_hash("hunter2"));
         let (_, cred) = Users::parse_entry(&entry).unwrap();
         assert_eq!(format!("{cred:?}"), "Hashed(<redacted>)");
+    }
+
+    /// A hash whose parameters would make every login attempt allocate gigabytes (or run
+    /// for minutes) is refused when the table is built, not met at the first login (where a
+    /// failed allocation aborted the server, for any client: unknown names are checked
+    /// against a user's hash).
+    #[test]
+    fn hashes_that_cost_too_much_per_login_are_refused() {
+        let salt_and_hash = "PSIaSt6ArKcxwBqcU1wOrw$BW3EEXhdgzu/eDkcTDfmNEUNnHRvL/9kYptLp3QbyuM";
+        for params in [
+            "m=4294967295,t=1,p=1",
+            "m=1048577,t=1,p=1",
+            "m=19456,t=200,p=1",
+            "m=19456,t=2,p=17",
+        ] {
+            let entry = format!("u:$argon2id$v=19${params}${salt_and_hash}");
+            let err = Users::parse_entry(&entry).unwrap_err();
+            assert!(err.to_string().contains("cost too much"), "{params}: {err}");
+        }
+        for params in ["m=19456,t=2,p=1", "m=1048576,t=2,p=4", "m=65536,t=32,p=16"] {
+            let entry = format!("u:$argon2id$v=19${params}${salt_and_hash}");
+            assert!(Users::parse_entry(&entry).is_ok(), "{params}");
+        }
     }
 
     /// A real Argon2id hash with tiny parameters, so tests stay fast.
