@@ -96,6 +96,17 @@ impl FromStr for Cidr {
     }
 }
 
+/// The loopback address an unspecified destination stands for: Linux delivers a connection
+/// or datagram to 0.0.0.0 or `::` on this host, so a rule about loopback must see it too
+/// (a `deny to 127.0.0.0/8` was passed by CONNECT 0.0.0.0 or the name `"0"`).
+fn local_alias(ip: IpAddr) -> Option<IpAddr> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) if v4.is_unspecified() => Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)),
+        _ => None,
+    }
+}
+
 /// What a rule's `to` entry matches: an IP network, or a domain name and its subdomains
 /// (`example.com` matches `example.com` and `www.example.com`; `.example.com` only
 /// subdomains).
@@ -110,7 +121,9 @@ pub enum TargetPattern {
 impl TargetPattern {
     fn matches(&self, host: Option<&str>, ip: Option<IpAddr>) -> bool {
         match self {
-            TargetPattern::Network(cidr) => ip.is_some_and(|ip| cidr.contains(ip)),
+            TargetPattern::Network(cidr) => ip.is_some_and(|ip| {
+                cidr.contains(ip) || local_alias(ip).is_some_and(|l| cidr.contains(l))
+            }),
             TargetPattern::Domain(pattern) => host.is_some_and(|host| {
                 let host = host.trim_end_matches('.').to_ascii_lowercase();
                 match pattern.strip_prefix('.') {
@@ -307,6 +320,37 @@ mod tests {
         assert!(!net.contains("11.0.0.1".parse().unwrap()));
         assert!("::ffff:10.0.0.0/95".parse::<Cidr>().is_err());
         assert!("::ffff:10.0.0.0/129".parse::<Cidr>().is_err());
+    }
+
+    /// 0.0.0.0 and `::` reach this host: rules about loopback apply to them, and rules
+    /// that name them still do.
+    #[test]
+    fn unspecified_destinations_count_as_loopback_too() {
+        let mut deny_local = rule(Action::Deny);
+        deny_local.to = vec!["127.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()];
+        let rules = Rules::new(vec![deny_local, rule(Action::Allow)]);
+        for ip in ["0.0.0.0", "::", "::ffff:0.0.0.0", "127.0.0.1", "::1"] {
+            assert_eq!(
+                rules.evaluate(&input(Some((None, Some(ip.parse().unwrap()), 80)))),
+                Decision::Deny { rule: Some(1) },
+                "{ip}"
+            );
+        }
+        assert_eq!(
+            rules.evaluate(&input(Some((None, Some("10.0.0.1".parse().unwrap()), 80)))),
+            Decision::Allow
+        );
+        let mut deny_any = rule(Action::Deny);
+        deny_any.to = vec!["0.0.0.0/32".parse().unwrap()];
+        let rules = Rules::new(vec![deny_any, rule(Action::Allow)]);
+        assert_eq!(
+            rules.evaluate(&input(Some((None, Some("0.0.0.0".parse().unwrap()), 80)))),
+            Decision::Deny { rule: Some(1) }
+        );
+        assert_eq!(
+            rules.evaluate(&input(Some((None, Some("127.0.0.1".parse().unwrap()), 80)))),
+            Decision::Allow
+        );
     }
 
     #[test]
