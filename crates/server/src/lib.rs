@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) busy_poll: Duration,
     /// Names resolved lately, for every session.
     pub(crate) names: resolve::NameCache,
+    /// Every UDP relay socket's address, so none is taken for a client.
+    pub(crate) udp_relays: udp::RelayAddrs,
     /// Cancelled when the drain time is over: tunnels, BIND waits and UDP associations
     /// still open end then, each with its access-log line.
     pub(crate) drain_over: CancellationToken,
@@ -113,6 +115,7 @@ impl Shared {
             pipes: relay::PipePool::new(),
             busy_poll: config.busy_poll.window(),
             names: resolve::NameCache::new(config.name_cache),
+            udp_relays: udp::RelayAddrs::default(),
             drain_over: CancellationToken::new(),
             config,
         }

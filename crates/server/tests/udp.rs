@@ -498,3 +498,38 @@ async fn udp_bursts_keep_every_datagram_boundary_and_order() {
     }
     assert!(nothing_arrives(&a.socket).await);
 }
+
+/// A client on this host whose association takes datagrams from any port could have the
+/// outbound socket send to the client-facing one: the relay took that for the client's and
+/// made the outbound socket its reply address, and one datagram went round thousands of
+/// times, a header longer each turn. Datagrams from the server's own relay sockets are
+/// dropped, so it ends at the first turn.
+#[tokio::test]
+async fn a_datagram_cannot_loop_through_the_relays_own_sockets() {
+    let server = spawn_server(test_config()).await;
+    // "Any port from the client's IP", as PySocks asks.
+    let a = associate(&server, "127.0.0.1:0", Some("0.0.0.0:0")).await;
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    a.send(&probe.local_addr().unwrap().to_string(), b"where from?")
+        .await;
+    let mut buf = [0u8; 2048];
+    let (_, outbound) = with_deadline(probe.recv_from(&mut buf)).await.unwrap();
+    let outbound = SocketAddr::new("127.0.0.1".parse().unwrap(), outbound.port());
+
+    // To the relay's own client-facing socket, a datagram for the outbound socket.
+    let inner = datagram(Frag::STANDALONE, &outbound.to_string(), b"ZZZZZZZZ");
+    a.send(&a.relay.to_string(), &inner).await;
+    // And one more from the client: the association still serves it.
+    a.send(&probe.local_addr().unwrap().to_string(), b"still here")
+        .await;
+    let (n, _) = with_deadline(probe.recv_from(&mut buf)).await.unwrap();
+    assert_eq!(&buf[..n], b"still here");
+
+    drop(a.control);
+    let line = server.wait_for_log("control connection closed").await;
+    // Up: the three the client sent, each passed on (the second to the relay's own
+    // socket, which dropped what the outbound socket sent it); down: nothing, as the probe
+    // never answers. Looping, it had counted 128 datagrams and 82 KB down in a millisecond.
+    assert!(line.contains("datagrams up=3 down=0 dropped=1"), "{line}");
+    assert!(line.contains(r#""bytes_down":0,"#), "{line}");
+}

@@ -76,6 +76,10 @@ const NAME_CACHE_SIZE: usize = 64;
 pub(crate) struct Association {
     pub(crate) client_socket: RelaySocket,
     pub(crate) outbound: RelaySocket,
+    /// The address the client reached the server at, where `client_socket` is bound.
+    pub(crate) local_ip: IpAddr,
+    /// Both sockets' entries in the server's list of relay sockets, removed when it ends.
+    pub(crate) _relay_addrs: super::RelayAddrsHeld,
     pub(crate) client_ip: IpAddr,
     pub(crate) client_port: Option<u16>,
     pub(crate) client_user: Option<String>,
@@ -562,6 +566,13 @@ impl Association {
         if r.truncated {
             state.stats.dropped += 1;
             tracing::debug!(%src, "UDP: dropped a truncated datagram");
+            return None;
+        }
+        // Another source than last time (the client's port is not fixed): not one of the
+        // server's own relay sockets, or a datagram could go round between them.
+        if state.client_addr != Some(src) && self.shared.udp_relays.contains(src, self.local_ip) {
+            state.stats.dropped += 1;
+            tracing::debug!(%src, "UDP: dropped a datagram from one of the server's relay sockets");
             return None;
         }
         state.client_addr = Some(src);

@@ -38,6 +38,79 @@ const MAX_ASSOCIATIONS_PER_CONNECTION: usize = 64;
 /// Bytes a client may leave on a control connection without completing a request.
 const CONTROL_BUFFER_LIMIT: usize = 1024;
 
+/// The addresses of every UDP relay socket the server holds (with how many hold each), so
+/// an association can tell a datagram one of them sent from its client's. A client on
+/// this host whose association takes datagrams from any of its ports could otherwise have
+/// the outbound socket send to the client-facing one: the relay took it for the client's,
+/// made the outbound socket the reply address, and one 38-byte datagram went round
+/// thousands of times, growing by a header each turn.
+#[derive(Debug, Default)]
+pub(crate) struct RelayAddrs(std::sync::Mutex<std::collections::HashMap<SocketAddr, u32>>);
+
+impl RelayAddrs {
+    /// An outbound socket is bound to the wildcard address; its key is `[::]:port`.
+    fn key(addr: SocketAddr) -> SocketAddr {
+        if addr.ip().is_unspecified() {
+            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), addr.port())
+        } else {
+            SocketAddr::new(addr.ip().to_canonical(), addr.port())
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, u32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `src` is one of the server's relay sockets. `local_ip` is the address the
+    /// asking association's client reached the server at: a wildcard-bound socket sends to
+    /// it, or to loopback, from that address.
+    pub(crate) fn contains(&self, src: SocketAddr, local_ip: IpAddr) -> bool {
+        let ip = src.ip().to_canonical();
+        let counts = self.counts();
+        counts.contains_key(&Self::key(src))
+            || ((ip == local_ip || ip.is_loopback())
+                && counts.contains_key(&Self::key(SocketAddr::new(
+                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                    src.port(),
+                ))))
+    }
+}
+
+/// An association's relay sockets, listed in [`RelayAddrs`] while it lives.
+pub(crate) struct RelayAddrsHeld {
+    shared: Arc<Shared>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl RelayAddrsHeld {
+    fn new(shared: &Arc<Shared>, addrs: Vec<SocketAddr>) -> Self {
+        let addrs: Vec<SocketAddr> = addrs.into_iter().map(RelayAddrs::key).collect();
+        let mut counts = shared.udp_relays.counts();
+        for a in &addrs {
+            *counts.entry(*a).or_default() += 1;
+        }
+        drop(counts);
+        RelayAddrsHeld {
+            shared: shared.clone(),
+            addrs,
+        }
+    }
+}
+
+impl Drop for RelayAddrsHeld {
+    fn drop(&mut self) {
+        let mut counts = self.shared.udp_relays.counts();
+        for a in &self.addrs {
+            if let Some(n) = counts.get_mut(a) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(a);
+                }
+            }
+        }
+    }
+}
+
 pub(crate) async fn handle(
     conn: &mut Conn,
     shared: &Arc<Shared>,
@@ -181,9 +254,12 @@ fn open(
     );
     let outbound = bind_outbound()?;
     tracing::debug!(%announced, %client_ip, ?client_port, "UDP association open");
+    let relay_addrs = RelayAddrsHeld::new(shared, vec![relay_addr, outbound.local_addr()?]);
     let association = Association {
         client_socket,
         outbound,
+        local_ip,
+        _relay_addrs: relay_addrs,
         client_ip,
         client_port,
         client_user: conn.user.clone(),
