@@ -41,6 +41,7 @@ async fn connect_and_reply(
     let candidates = tokio::time::timeout_at(deadline, resolve(&dst, &shared.names))
         .await
         .map_err(|_| SessionError::Timeout(Phase::Connect))??;
+    let candidates = shared.not_own_listeners(conn, candidates)?;
     let allowed = shared.allowed_targets(conn, Command::CONNECT, &dst, &candidates)?;
     let (target, connected) = connect_any(
         &allowed,
@@ -67,6 +68,43 @@ async fn connect_and_reply(
 }
 
 impl Shared {
+    /// Leaves out the server's own listening addresses (see [`SessionError::OwnListener`]);
+    /// fails when nothing else is left. A listener on a wildcard address is reached at any
+    /// of this host's addresses, of which the one the client came in on, loopback and the
+    /// unspecified address are checked (asking the kernel for the first only when a
+    /// candidate has a wildcard listener's port, so the usual CONNECT costs no call).
+    pub(crate) fn not_own_listeners(
+        &self,
+        conn: &Conn,
+        candidates: Vec<std::net::SocketAddr>,
+    ) -> Result<Vec<std::net::SocketAddr>, SessionError> {
+        let mut local_ip = None;
+        let mut is_own = |target: std::net::SocketAddr| {
+            let ip = target.ip().to_canonical();
+            self.listening.iter().any(|l| {
+                let listen_ip = l.ip().to_canonical();
+                l.port() == target.port()
+                    && (listen_ip == ip
+                        || ip.is_unspecified()
+                        || (listen_ip.is_unspecified()
+                            && (ip.is_loopback()
+                                || Some(ip)
+                                    == *local_ip.get_or_insert_with(|| {
+                                        conn.local_addr().ok().map(|a| a.ip().to_canonical())
+                                    }))))
+            })
+        };
+        // The usual case, none of them: the list goes on as it came, without a copy.
+        let Some(first_own) = candidates.iter().copied().find(|&a| is_own(a)) else {
+            return Ok(candidates);
+        };
+        let kept: Vec<_> = candidates.into_iter().filter(|&a| !is_own(a)).collect();
+        if kept.is_empty() {
+            return Err(SessionError::OwnListener(first_own));
+        }
+        Ok(kept)
+    }
+
     /// Filters resolved addresses through the rules; denies when none is left, naming the
     /// first rule that denied.
     pub(crate) fn allowed_targets(

@@ -53,6 +53,11 @@ pub enum SessionError {
         /// Which rule.
         rule: Option<usize>,
     },
+    /// A CONNECT to one of the server's own listening addresses: each such tunnel opens
+    /// another session, so one client could chain its pipelined requests through the server
+    /// until every connection slot is taken.
+    #[error("{0} is this server's own listening address")]
+    OwnListener(std::net::SocketAddr),
     /// The target's name does not resolve.
     #[error("cannot resolve {host}: {reason}")]
     ResolveFailed {
@@ -119,7 +124,9 @@ pub fn rep(error: &SessionError) -> Option<Rep> {
         SessionError::AuthFailed { .. }
         | SessionError::NoAcceptableMethod
         | SessionError::ClientClosed => return None,
-        SessionError::RuleDenied { .. } => Rep::CONNECTION_NOT_ALLOWED,
+        SessionError::RuleDenied { .. } | SessionError::OwnListener(_) => {
+            Rep::CONNECTION_NOT_ALLOWED
+        }
         SessionError::NotAfterUdpAssociate(_) => Rep::COMMAND_NOT_SUPPORTED,
         SessionError::ResolveFailed { .. } => Rep::HOST_UNREACHABLE,
         SessionError::ConnectFailed { kind, .. } => match kind {

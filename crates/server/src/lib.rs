@@ -96,13 +96,15 @@ pub(crate) struct Shared {
     pub(crate) names: resolve::NameCache,
     /// Every UDP relay socket's address, so none is taken for a client.
     pub(crate) udp_relays: udp::RelayAddrs,
+    /// The addresses the server listens on, as bound, so no CONNECT leads back to them.
+    pub(crate) listening: Vec<SocketAddr>,
     /// Cancelled when the drain time is over: tunnels, BIND waits and UDP associations
     /// still open end then, each with its access-log line.
     pub(crate) drain_over: CancellationToken,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Config) -> Shared {
+    pub(crate) fn new(config: Config, listening: Vec<SocketAddr>) -> Shared {
         Shared {
             auth: RwLock::new(Arc::new(AuthState {
                 methods: config.auth_methods.clone(),
@@ -116,6 +118,7 @@ impl Shared {
             busy_poll: config.busy_poll.window(),
             names: resolve::NameCache::new(config.name_cache),
             udp_relays: udp::RelayAddrs::default(),
+            listening,
             drain_over: CancellationToken::new(),
             config,
         }
@@ -173,7 +176,11 @@ impl Server {
                 })?;
             listeners.push(listener);
         }
-        let shared = Arc::new(Shared::new(config));
+        let listening = listeners
+            .iter()
+            .filter_map(|(l, _)| l.local_addr().ok())
+            .collect();
+        let shared = Arc::new(Shared::new(config, listening));
         tracing::info!(
             "busy-polling after traffic: {}",
             match (shared.config.busy_poll, shared.busy_poll.is_zero()) {

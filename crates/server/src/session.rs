@@ -284,7 +284,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let shared = std::sync::Arc::new(crate::Shared::new(crate::Config::default()));
+        let shared = std::sync::Arc::new(crate::Shared::new(crate::Config::default(), Vec::new()));
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
         let session = super::run(
             stream,

@@ -109,3 +109,48 @@ async fn reload_swaps_rules_without_restart() {
         Rep::CONNECTION_NOT_ALLOWED
     );
 }
+
+/// A CONNECT back to the server's own listener would open another session per tunnel: one
+/// client could chain pipelined requests through the server until every connection slot
+/// was held (and, with the last hop waiting in the backlog, held them until the idle
+/// timeout). It gets 02, by address, as 0.0.0.0 and by name; other ports still connect.
+#[tokio::test]
+async fn connect_to_the_servers_own_listener_gets_rep_02() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    let server = spawn_server(test_config()).await;
+    let port = server.addr.port();
+    let mut targets = vec![server.addr.to_string(), format!("0.0.0.0:{port}")];
+    // By name where `localhost` is 127.0.0.1 only (a `::1` among its addresses, where
+    // nothing listens, would answer 05 instead).
+    if std::net::ToSocketAddrs::to_socket_addrs(&("localhost", port))
+        .is_ok_and(|mut a| a.all(|a| a == server.addr))
+    {
+        targets.push(format!("localhost:{port}"));
+    }
+    for dst in targets {
+        assert_eq!(
+            connect_rep(server.addr, &dst).await,
+            Rep::CONNECTION_NOT_ALLOWED,
+            "{dst}"
+        );
+    }
+    assert_eq!(
+        connect_rep(server.addr, &echo.to_string()).await,
+        Rep::SUCCEEDED
+    );
+
+    // The chain: many CONNECTs to itself in one write; the first is refused, and the
+    // server holds no session for it once the client is gone.
+    let mut chain = Vec::new();
+    chain.extend_from_slice(&[5, 1, 0]);
+    for _ in 0..50 {
+        chain.extend_from_slice(&request(Command::CONNECT, &server.addr.to_string()));
+    }
+    let mut c = RawClient::connect(server.addr).await;
+    c.send(&chain).await;
+    assert_eq!(c.recv_exact(2).await, [5, 0]);
+    assert_eq!(c.recv_reply().await.rep, Rep::CONNECTION_NOT_ALLOWED);
+    c.expect_eof().await;
+    let line = server.wait_for_log("own listening address").await;
+    assert!(line.contains("\"rep\":2"), "{line}");
+}
