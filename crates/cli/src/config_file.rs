@@ -631,6 +631,13 @@ fn build(
     let access_target = match access_target.as_str() {
         "off" | "none" => AccessTarget::Off,
         "stdout" | "-" => AccessTarget::Stdout,
+        // Passed check-config and failed only when serve opened it.
+        "" => {
+            return Err(at(
+                None,
+                "access log: an empty path (\"stdout\", \"off\" or a file name)".into(),
+            ))
+        }
         path => AccessTarget::File(path.to_owned()),
     };
 
@@ -708,8 +715,9 @@ fn build(
     };
     config.validate().map_err(|e| {
         let span = match &e {
-            ConfigError::OpenProxy(addr) => listen_spans
+            ConfigError::OpenProxy(addr) | ConfigError::OverlappingListen(_, addr) => listen_spans
                 .iter()
+                .rev()
                 .find(|(a, _)| a == addr)
                 .map(|(_, s)| s.clone()),
             ConfigError::UserPassWithoutUsers | ConfigError::NoAuthMethod => methods_span.clone(),
@@ -786,9 +794,19 @@ mod tests {
 
     #[test]
     fn open_proxy_points_at_the_listen_entry() {
-        let err = parse("[server]\nlisten = [\"127.0.0.1:1080\", \"0.0.0.0:1080\"]\n").unwrap_err();
+        let err = parse("[server]\nlisten = [\"127.0.0.1:1080\", \"0.0.0.0:1081\"]\n").unwrap_err();
         assert_eq!(err.position, Some((2, 29)), "{err}");
         assert!(err.message.contains("--allow-open-proxy"));
+    }
+
+    #[test]
+    fn overlapping_listen_addresses_point_at_the_second() {
+        let err = parse(
+            "[server]\nlisten = [\"0.0.0.0:1080\", \"127.0.0.1:1080\"]\nallow_open_proxy = true\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.position, Some((2, 27)), "{err}");
+        assert!(err.message.contains("overlap"), "{err}");
     }
 
     #[test]

@@ -350,6 +350,35 @@ fn limits_beyond_a_semaphore_are_refused() {
     }
 }
 
+/// What `serve` could not run, or would run uselessly, `check-config` refuses (each of
+/// these passed it before).
+#[test]
+fn check_config_refuses_what_serve_could_not_run() {
+    for (name, body, says) in [
+        ("empty-log", "[log]\naccess = \"\"\n", "empty path"),
+        (
+            "twice",
+            "[server]\nlisten = [\"127.0.0.1:1080\", \"127.0.0.1:1080\"]\n",
+            "overlap",
+        ),
+        (
+            "zero-idle",
+            "[server]\nidle_timeout = \"0s\"\n",
+            "idle_timeout",
+        ),
+        (
+            "star",
+            "[[rule]]\naction = \"deny\"\nto = [\"*\"]\n",
+            "leave `to` out",
+        ),
+    ] {
+        let out = check_config(&temp_file(&format!("{name}.toml"), body));
+        assert_eq!(out.status.code(), Some(2), "{name}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{name}: {err}");
+    }
+}
+
 #[test]
 fn serve_relays_and_exits_0_on_sigterm() {
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

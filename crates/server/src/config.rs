@@ -185,6 +185,14 @@ pub enum ConfigError {
         /// What it was given.
         value: usize,
     },
+    /// A timeout of zero, which would end every handshake, connect, BIND wait, tunnel or
+    /// association at once.
+    #[error("{0} must be longer than 0")]
+    ZeroTimeout(&'static str),
+    /// The same listen address twice, or a specific address beside the wildcard address of
+    /// its family on the same port: the second cannot be bound.
+    #[error("listen addresses {0} and {1} overlap (the second could not be bound)")]
+    OverlappingListen(SocketAddr, SocketAddr),
     /// A timeout or `name_cache` too long to add to the clock.
     #[error("{setting} {value:?} is longer than the most allowed (100 years)")]
     DurationTooLong {
@@ -239,7 +247,28 @@ impl Config {
                 return Err(ConfigError::LimitOutOfRange { setting, value });
             }
         }
+        for (i, a) in self.listen.iter().enumerate() {
+            if let Some(b) = self.listen[i + 1..].iter().find(|b| {
+                a.port() == b.port()
+                    && a.is_ipv4() == b.is_ipv4()
+                    && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+            }) {
+                return Err(ConfigError::OverlappingListen(*a, *b));
+            }
+        }
         let t = &self.timeouts;
+        // The drain may be zero (exit at once); none of these can.
+        for (setting, value) in [
+            ("handshake_timeout", t.handshake),
+            ("connect_timeout", t.connect),
+            ("bind_timeout", t.bind),
+            ("idle_timeout", t.idle),
+            ("udp_idle_timeout", t.udp_idle),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroTimeout(setting));
+            }
+        }
         for (setting, value) in [
             ("handshake_timeout", t.handshake),
             ("connect_timeout", t.connect),
@@ -393,6 +422,37 @@ mod tests {
         c.validate().unwrap();
         // The server builds its semaphores from it without panicking.
         let _ = tokio::sync::Semaphore::new(c.limits.max_connections);
+    }
+
+    #[test]
+    fn zero_timeouts_and_overlapping_listeners_are_refused() {
+        let mut c = Config::default();
+        c.timeouts.idle = Duration::ZERO;
+        assert_eq!(c.validate(), Err(ConfigError::ZeroTimeout("idle_timeout")));
+        let mut c = Config::default();
+        c.timeouts.drain = Duration::ZERO;
+        c.name_cache = Duration::ZERO;
+        c.validate().unwrap();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for (a, b, overlap) in [
+            ("127.0.0.1:1080", "127.0.0.1:1080", true),
+            ("0.0.0.0:1080", "127.0.0.1:1080", true),
+            ("[::1]:1080", "[::]:1080", true),
+            ("127.0.0.1:1080", "127.0.0.1:1081", false),
+            ("127.0.0.1:1080", "[::1]:1080", false),
+            ("127.0.0.1:1080", "127.0.0.2:1080", false),
+        ] {
+            let c = Config {
+                listen: vec![addr(a), addr(b)],
+                allow_open_proxy: true,
+                ..Config::default()
+            };
+            assert_eq!(
+                c.validate() == Err(ConfigError::OverlappingListen(addr(a), addr(b))),
+                overlap,
+                "{a} {b}"
+            );
+        }
     }
 
     #[test]

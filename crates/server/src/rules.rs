@@ -141,15 +141,34 @@ impl FromStr for TargetPattern {
         if s.is_empty() {
             return Err("empty target pattern".into());
         }
-        if let Ok(cidr) = s.parse() {
-            return Ok(TargetPattern::Network(cidr));
+        match s.parse::<Cidr>() {
+            Ok(cidr) => return Ok(TargetPattern::Network(cidr)),
+            // Meant as an address or network: say what is wrong with it.
+            Err(e) if s.contains('/') || s.contains(':') => return Err(e),
+            Err(_) => {}
         }
-        if s.contains('/') || s.contains(':') {
-            return Err(format!("{s:?} is neither a CIDR network nor a domain name"));
+        let mut domain = s.trim_start_matches('*').to_ascii_lowercase();
+        // A fully qualified `example.com.` is `example.com` (names are compared without it).
+        if domain.len() > 1 && domain.ends_with('.') {
+            domain.pop();
         }
-        Ok(TargetPattern::Domain(
-            s.trim_start_matches('*').to_ascii_lowercase(),
-        ))
+        // `*`, `.` or `*.` matched nothing (a name is compared without its trailing dot),
+        // so a rule meant for every target silently never applied.
+        let name = domain.strip_prefix('.').unwrap_or(&domain);
+        let well_formed = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty()
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !well_formed {
+            return Err(format!(
+                "{s:?} is neither a CIDR network nor a domain name (`example.com`, \
+                 `.example.com`, `*.example.com`; leave `to` out to match every target)"
+            ));
+        }
+        Ok(TargetPattern::Domain(domain))
     }
 }
 
@@ -301,6 +320,36 @@ mod tests {
         let v6: Cidr = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn target_patterns_that_could_never_match_are_refused() {
+        for bad in [
+            "*",
+            ".",
+            "*.",
+            "..",
+            "a..b",
+            "exa mple.com",
+            "::ffff:10.0.0.0/95",
+        ] {
+            assert!(bad.parse::<TargetPattern>().is_err(), "{bad:?}");
+        }
+        let err = "::ffff:10.0.0.0/95".parse::<TargetPattern>().unwrap_err();
+        assert!(err.contains("96 to 128"), "{err}");
+        for good in [
+            "example.com",
+            "example.com.",
+            ".example.com",
+            "*.Example.com",
+            "host_1",
+        ] {
+            assert!(good.parse::<TargetPattern>().is_ok(), "{good:?}");
+        }
+        assert_eq!(
+            "*.Example.com".parse::<TargetPattern>().unwrap(),
+            TargetPattern::Domain(".example.com".into())
+        );
     }
 
     /// An IPv4-mapped IPv6 network is the IPv4 network it maps: `::ffff:127.0.0.5/128`
