@@ -113,12 +113,24 @@ fn refuse(stream: TcpStream) {
     drop(stream);
 }
 
-/// Resolves when the client closes its connection (or it fails). Stops watching, without
-/// consuming anything, once the client has sent data: that data is for the peer.
+/// Resolves when the client closes its connection (or it fails), whether or not it sent
+/// data first; that data is left where it is, for the peer. The kernel tells the end of
+/// the stream apart from data waiting in front of it (`EPOLLRDHUP`), so nothing has to be
+/// read: readiness for data alone is cleared and the wait goes on. (It stopped watching
+/// at the first byte, so a client that sent some and left held the listener and its
+/// connection slot until `bind_timeout`.)
 pub(crate) async fn client_gone(stream: &TcpStream) {
-    let mut probe = [0u8; 1];
-    match stream.peek(&mut probe).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+    loop {
+        let Ok(ready) = stream.ready(tokio::io::Interest::READABLE).await else {
+            return;
+        };
+        if ready.is_read_closed() || ready.is_error() {
+            return;
+        }
+        // Only data: forget this readiness (a later event, the FIN among them, brings a
+        // new one; tokio never clears one newer than what this call saw).
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
     }
 }

@@ -140,6 +140,41 @@ async fn bind_listener_is_closed_when_the_client_leaves() {
     .await;
 }
 
+/// Also when the client sent data first (for the peer) and then left: the wait ends at
+/// once instead of holding the listener and a connection slot until `bind_timeout`.
+#[tokio::test]
+async fn bind_listener_is_closed_when_the_client_leaves_after_sending_data() {
+    let server = spawn_server(test_config()).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::BIND, "127.0.0.1:0")).await;
+    let listen_addr = announced(&c.recv_reply().await);
+    c.send(b"early bytes for the peer").await;
+    // Still waiting for the peer while the client is there.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let peer = TcpStream::connect(listen_addr).await;
+    assert!(
+        peer.is_ok(),
+        "the listener closed while the client was still there"
+    );
+    drop(peer);
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::BIND, "127.0.0.1:0")).await;
+    let listen_addr = announced(&c.recv_reply().await);
+    c.send(b"early bytes for the peer").await;
+    drop(c);
+    with_deadline(async {
+        loop {
+            if TcpStream::connect(listen_addr).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn bind_announces_the_external_address_when_configured() {
     let mut config = test_config();
