@@ -511,6 +511,12 @@ fn check_access_log_path(path: &str) -> Result<(), String> {
     }
 }
 
+/// Why a users file without users is refused: with no users the methods default to
+/// `none`, so an emptied file (or one caught half-rewritten by a SIGHUP) silently let every
+/// client in without a password. A reload that fails keeps the running users.
+const NO_USERS: &str = "no users in it (an empty users file would turn authentication off; \
+                        remove users_file to serve without authentication)";
+
 /// Reads the file (if any), applies the overrides, and validates the result.
 pub(crate) fn load(
     path: Option<&Path>,
@@ -569,6 +575,12 @@ fn build(
                 format!("users file {}: {e}", file.get_ref().display()),
             )
         })?;
+        if loaded.is_empty() {
+            return Err(at(
+                Some(file.span()),
+                format!("users file {}: {NO_USERS}", file.get_ref().display()),
+            ));
+        }
         users = loaded;
     }
     for entry in a.users.iter().flatten() {
@@ -579,6 +591,12 @@ fn build(
     if let Some(file) = &cli.users_file {
         let loaded = Users::load(file)
             .map_err(|e| plain_error(format!("--users-file {}: {e}", file.display())))?;
+        if loaded.is_empty() {
+            return Err(plain_error(format!(
+                "--users-file {}: {NO_USERS}",
+                file.display()
+            )));
+        }
         for (name, cred) in loaded.into_entries() {
             users.insert(name, cred);
         }

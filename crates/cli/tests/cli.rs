@@ -522,6 +522,65 @@ fn sighup_reopens_the_access_log_file() {
     assert!(new.contains("cmd=CONNECT"), "{new}");
 }
 
+/// An emptied users file must not turn authentication off: at start it is refused, and a
+/// SIGHUP that finds it empty (or half-rewritten) keeps the running users.
+#[test]
+fn an_empty_users_file_never_turns_authentication_off() {
+    let users = temp_file("users-emptied.txt", "alice:pw\n");
+    let mut served = serve(
+        "",
+        &format!(
+            "--listen 127.0.0.1:0 --access-log off --users-file {}",
+            users.display()
+        ),
+    );
+    let methods = |served: &Served| {
+        let mut s = TcpStream::connect(served.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&[5, 1, 0]).unwrap();
+        let mut reply = [0u8; 2];
+        s.read_exact(&mut reply).unwrap();
+        reply
+    };
+    assert_eq!(
+        methods(&served),
+        [5, 0xff],
+        "no-auth refused while users exist"
+    );
+    std::fs::write(&users, "# everyone left\n").unwrap();
+    send_signal(&served, "-HUP");
+    wait_for_stderr(&served, "configuration not reloaded");
+    assert_eq!(
+        methods(&served),
+        [5, 0xff],
+        "still refused after the reload"
+    );
+    send_signal(&served, "-TERM");
+    assert_eq!(exit_code_within_10s(&mut served), Some(0));
+
+    // Spawned, not run to the end: a server that accepted the file would not exit.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--users-file"])
+        .arg(&users)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(10));
+    if status.is_none() {
+        child.kill().unwrap();
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(err.contains("no users in it"), "{err}");
+}
+
 /// A FIFO at a fresh path in this run's directory (a leftover from a run with the same
 /// process id is removed first: writing to it would wait for a reader forever).
 fn fifo(name: &str) -> std::path::PathBuf {
