@@ -119,10 +119,12 @@ pub enum TargetPattern {
 }
 
 impl TargetPattern {
-    fn matches(&self, host: Option<&str>, ip: Option<IpAddr>) -> bool {
+    /// `reached`: `ip` is where data goes (CONNECT, UDP), so an unspecified address is
+    /// this host; for BIND it names the expected peer, where all zeros means "any".
+    fn matches(&self, host: Option<&str>, ip: Option<IpAddr>, reached: bool) -> bool {
         match self {
             TargetPattern::Network(cidr) => ip.is_some_and(|ip| {
-                cidr.contains(ip) || local_alias(ip).is_some_and(|l| cidr.contains(l))
+                cidr.contains(ip) || (reached && local_alias(ip).is_some_and(|l| cidr.contains(l)))
             }),
             TargetPattern::Domain(pattern) => host.is_some_and(|host| {
                 let host = host.trim_end_matches('.').to_ascii_lowercase();
@@ -280,7 +282,8 @@ fn rule_matches(rule: &Rule, input: &RuleInput<'_>) -> bool {
                     return false;
                 }
             }
-            rule.to.is_empty() || rule.to.iter().any(|p| p.matches(host, ip))
+            let reached = input.command != Command::BIND;
+            rule.to.is_empty() || rule.to.iter().any(|p| p.matches(host, ip, reached))
         }
     }
 }
@@ -389,6 +392,18 @@ mod tests {
             rules.evaluate(&input(Some((None, Some("10.0.0.1".parse().unwrap()), 80)))),
             Decision::Allow
         );
+        // A BIND's all-zero DST means "any peer", not this host.
+        let mut bind_any = input(Some((None, Some("0.0.0.0".parse().unwrap()), 0)));
+        bind_any.command = Command::BIND;
+        assert_eq!(rules.evaluate(&bind_any), Decision::Allow);
+        let mut allow_bind_local = rule(Action::Allow);
+        allow_bind_local.commands = vec![Command::BIND];
+        allow_bind_local.to = vec!["127.0.0.1/32".parse().unwrap()];
+        assert_eq!(
+            Rules::new(vec![allow_bind_local]).evaluate(&bind_any),
+            Decision::Deny { rule: None },
+            "allowed to wait for 127.0.0.1 is not allowed to wait for anyone"
+        );
         let mut deny_any = rule(Action::Deny);
         deny_any.to = vec!["0.0.0.0/32".parse().unwrap()];
         let rules = Rules::new(vec![deny_any, rule(Action::Allow)]);
@@ -427,12 +442,12 @@ mod tests {
     #[test]
     fn domain_patterns_match_names_and_subdomains() {
         let p: TargetPattern = "example.com".parse().unwrap();
-        assert!(p.matches(Some("example.com"), None));
-        assert!(p.matches(Some("WWW.Example.com."), None));
-        assert!(!p.matches(Some("badexample.com"), None));
+        assert!(p.matches(Some("example.com"), None, true));
+        assert!(p.matches(Some("WWW.Example.com."), None, true));
+        assert!(!p.matches(Some("badexample.com"), None, true));
         let sub: TargetPattern = "*.example.com".parse().unwrap();
-        assert!(sub.matches(Some("a.example.com"), None));
-        assert!(!sub.matches(Some("example.com"), None));
+        assert!(sub.matches(Some("a.example.com"), None, true));
+        assert!(!sub.matches(Some("example.com"), None, true));
     }
 
     #[test]
