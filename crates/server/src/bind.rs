@@ -113,23 +113,37 @@ fn refuse(stream: TcpStream) {
     drop(stream);
 }
 
-/// Resolves when the client closes its connection (or it fails), whether or not it sent
-/// data first; that data is left where it is, for the peer. The kernel tells the end of
-/// the stream apart from data waiting in front of it (`EPOLLRDHUP`), so nothing has to be
-/// read: readiness for data alone is cleared and the wait goes on. (It stopped watching
-/// at the first byte, so a client that sent some and left held the listener and its
+/// Resolves when the client is gone: its connection failed or was reset, or it ended its
+/// side without sending anything. A client that sent data and then ended its side (a
+/// half-close: "this, then EOF, for whoever connects") still waits for its peer, which gets
+/// both. Nothing is read: the kernel reports the end of the stream apart from data waiting
+/// in front of it (`EPOLLRDHUP`) and a reset apart from both (`EPOLLHUP`, `EPOLLERR`), so
+/// readiness for data alone is cleared and the wait goes on. (Watching once stopped at the
+/// first byte, so a client that sent some and was then reset held the listener and its
 /// connection slot until `bind_timeout`.)
 pub(crate) async fn client_gone(stream: &TcpStream) {
+    use tokio::io::Interest;
     loop {
-        let Ok(ready) = stream.ready(tokio::io::Interest::READABLE).await else {
+        let Ok(ready) = stream.ready(Interest::READABLE).await else {
             return;
         };
-        if ready.is_read_closed() || ready.is_error() {
+        if ready.is_error() || ready.is_write_closed() {
             return;
         }
-        // Only data: forget this readiness (a later event, the FIN among them, brings a
-        // new one; tokio never clears one newer than what this call saw).
-        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+        if ready.is_read_closed() {
+            let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            // EOF with nothing before it: the client left.
+            if !matches!(socket2::SockRef::from(stream).peek(&mut probe), Ok(n) if n > 0) {
+                return;
+            }
+            // A half-close behind data, for the peer. tokio keeps a closed state for good
+            // (it would be reported at once from here on), so watching ends here, and a
+            // reset from now on is met when the tunnel starts or `bind_timeout` passes.
+            return std::future::pending().await;
+        }
+        // Data alone: forget this readiness (a later event brings a new one; tokio never
+        // clears one newer than what this call saw).
+        let _ = stream.try_io(Interest::READABLE, || {
             Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
         });
     }

@@ -140,30 +140,39 @@ async fn bind_listener_is_closed_when_the_client_leaves() {
     .await;
 }
 
-/// Also when the client sent data first (for the peer) and then left: the wait ends at
-/// once instead of holding the listener and a connection slot until `bind_timeout`.
+/// A client that sent data for the peer and then half-closed still gets its peer, which
+/// receives the data and the EOF; one that is reset after sending data is gone at once
+/// (watching once stopped at the first byte, holding the listener until `bind_timeout`).
 #[tokio::test]
-async fn bind_listener_is_closed_when_the_client_leaves_after_sending_data() {
+async fn bind_wait_after_early_data_survives_a_half_close_but_not_a_reset() {
     let server = spawn_server(test_config()).await;
-    let mut c = RawClient::connect(server.addr).await;
-    c.greet_no_auth().await;
-    c.send(&request(Command::BIND, "127.0.0.1:0")).await;
-    let listen_addr = announced(&c.recv_reply().await);
-    c.send(b"early bytes for the peer").await;
-    // Still waiting for the peer while the client is there.
+    let start_bind = || async {
+        let mut c = RawClient::connect(server.addr).await;
+        c.greet_no_auth().await;
+        c.send(&request(Command::BIND, "127.0.0.1:0")).await;
+        let listen_addr = announced(&c.recv_reply().await);
+        c.send(b"early bytes for the peer").await;
+        (c, listen_addr)
+    };
+
+    let (c, listen_addr) = start_bind().await;
+    let mut stream = c.stream;
+    stream.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let peer = TcpStream::connect(listen_addr).await;
-    assert!(
-        peer.is_ok(),
-        "the listener closed while the client was still there"
-    );
-    drop(peer);
-    let mut c = RawClient::connect(server.addr).await;
-    c.greet_no_auth().await;
-    c.send(&request(Command::BIND, "127.0.0.1:0")).await;
-    let listen_addr = announced(&c.recv_reply().await);
-    c.send(b"early bytes for the peer").await;
-    drop(c);
+    let mut peer = with_deadline(TcpStream::connect(listen_addr))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    with_deadline(peer.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"early bytes for the peer");
+
+    let (c, listen_addr) = start_bind().await;
+    let stream = c.stream;
+    // Linger zero: the close resets the connection.
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(stream);
     with_deadline(async {
         loop {
             if TcpStream::connect(listen_addr).await.is_err() {
