@@ -477,7 +477,10 @@ async fn passwd_rejects_missing_or_overlong_passwords() {
     run(&["passwd"], b"\n").await.assert_code(1);
     let long = vec![b'a'; 256];
     run(&["passwd"], &long).await.assert_code(1);
-    run(&["passwd", "--user", "a:b"], b"pw\n")
-        .await
-        .assert_code(2);
+    // Names whose line would not read back as that one user.
+    for name in ["a:b", "a\nb", "#admin", ""] {
+        run(&["passwd", "--user", name], b"pw\n")
+            .await
+            .assert_code(2);
+    }
 }

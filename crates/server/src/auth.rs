@@ -319,6 +319,9 @@ impl Users {
     /// and lines starting with `#` are ignored.
     pub fn parse_file_contents(text: &str) -> Result<Users, UsersError> {
         let mut users = Users::new();
+        // A byte-order mark (editors on Windows write one) would become part of the first
+        // name, or turn a first-line comment into a user.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() || line.trim_start().starts_with('#') {
@@ -328,6 +331,13 @@ impl Users {
                 line: Some(i + 1),
                 message: e.message,
             })?;
+            // Which of two passwords counts would be an accident of order.
+            if users.users.contains_key(name.as_bytes()) {
+                return Err(UsersError {
+                    line: Some(i + 1),
+                    message: format!("user {name:?} is listed twice"),
+                });
+            }
             users.insert(name, cred);
         }
         Ok(users)
@@ -466,6 +476,20 @@ mod tests {
         assert!(!users.verify(&req("bob", "p")));
         assert!(!users.verify(&req("carol", "")));
         assert!(!users.verify(&req("carol", "pw")));
+    }
+
+    #[test]
+    fn users_file_with_a_byte_order_mark_or_a_name_twice() {
+        let users = Users::parse_file_contents("\u{feff}alice:pw\n").unwrap();
+        assert!(
+            users.verify(&req("alice", "pw")),
+            "the mark is not part of the name"
+        );
+        let users = Users::parse_file_contents("\u{feff}# note: not a user\nbob:pw\n").unwrap();
+        assert_eq!(users.len(), 1, "the commented first line stays a comment");
+        let err = Users::parse_file_contents("bob:one\nalice:pw\nbob:two\n").unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert!(err.to_string().contains("listed twice"), "{err}");
     }
 
     #[test]

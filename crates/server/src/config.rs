@@ -161,6 +161,11 @@ pub enum ConfigError {
     /// An empty or reversed UDP port range.
     #[error("the UDP port range {0}-{1} is empty")]
     EmptyPortRange(u16, u16),
+    /// A UDP port range that includes port 0.
+    #[error(
+        "the UDP port range {0}-{1} includes port 0 (binding it gives any port, outside the range)"
+    )]
+    PortZeroInRange(u16, u16),
     /// The configuration would be an open proxy reachable from other machines.
     #[error(
         "refusing to run an open proxy: {0} is not a loopback address, authentication \"none\" is enabled \
@@ -290,6 +295,10 @@ impl Config {
         if let Some(range) = &self.udp_port_range {
             if range.is_empty() {
                 return Err(ConfigError::EmptyPortRange(*range.start(), *range.end()));
+            }
+            // Port 0 asks the kernel for any port, which then lies outside the range.
+            if *range.start() == 0 {
+                return Err(ConfigError::PortZeroInRange(*range.start(), *range.end()));
             }
         }
         if !self.allow_open_proxy
@@ -422,6 +431,17 @@ mod tests {
         c.validate().unwrap();
         // The server builds its semaphores from it without panicking.
         let _ = tokio::sync::Semaphore::new(c.limits.max_connections);
+    }
+
+    #[test]
+    fn a_udp_port_range_must_not_include_port_0() {
+        let mut c = Config {
+            udp_port_range: Some(0..=100),
+            ..Config::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::PortZeroInRange(0, 100)));
+        c.udp_port_range = Some(1..=100);
+        c.validate().unwrap();
     }
 
     #[test]

@@ -33,8 +33,18 @@ Exit codes: 0 the hash was printed; 1 no password could be read, it is not 1 to 
 
 pub(crate) fn run(args: &PasswdArgs) -> ExitCode {
     if let Some(name) = &args.user {
-        if name.is_empty() || name.len() > 255 || name.contains(':') {
-            eprintln!("ferrosocks passwd: the user name must be 1 to 255 bytes without ':'");
+        // The line it prints must read back as this one user: a line break would make two
+        // lines, a leading '#' a comment.
+        if name.is_empty()
+            || name.len() > 255
+            || name.contains(':')
+            || name.chars().any(char::is_control)
+            || name.starts_with('#')
+        {
+            eprintln!(
+                "ferrosocks passwd: the user name must be 1 to 255 bytes without ':' or control \
+                 characters, not starting with '#'"
+            );
             return ExitCode::from(2);
         }
     }
