@@ -124,6 +124,33 @@ async fn connect_ends_when_the_target_closes_first_and_stdin_then_closes() {
     assert_eq!(rest, "");
 }
 
+/// `--no-half-close` ends when the target closes, with stdin still open (it waited for
+/// stdin's EOF).
+#[tokio::test]
+async fn connect_without_half_close_ends_when_the_target_closes() {
+    let server = spawn_server(test_config()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        s.write_all(b"bye\n").await.unwrap();
+    });
+    let mut cmd = Interactive::spawn(&[
+        "connect",
+        "--no-half-close",
+        "-x",
+        &proxy("socks5", &server),
+        &target.to_string(),
+    ]);
+    assert_eq!(cmd.line().await, "bye");
+    // stdin stays open: the exit must come from the target's close alone.
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), cmd.child.wait())
+        .await
+        .expect("connect --no-half-close still running after the target closed")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test]
 async fn connect_refused_target_exits_1_and_names_the_rep() {
     let server = spawn_server(test_config()).await;

@@ -121,7 +121,10 @@ pub(crate) async fn relay_stdio(
     let mut up_done = false;
     let mut down_done = false;
     while !(up_done && down_done) {
-        if down_done && kept_open.is_some() {
+        // Without half-close the tunnel's EOF ends the command, stdin done or not (it
+        // waited for stdin's EOF, so `sleep 15 | ferrosocks connect --no-half-close` took
+        // 15 s after the target had closed).
+        if down_done && !half_close {
             break;
         }
         tokio::select! {
