@@ -93,6 +93,23 @@ mod tests {
 
     use super::*;
 
+    /// A proxy that never sends BIND's second reply cannot keep `bind` waiting for ever.
+    #[test]
+    fn bind_waits_for_its_peer_ten_minutes_unless_told() {
+        let cli = Cli::try_parse_from([
+            "ferrosocks",
+            "bind",
+            "--proxy",
+            "socks5://127.0.0.1:1080",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        let Command::Bind(args) = cli.command else {
+            panic!("bind")
+        };
+        assert_eq!(args.accept_timeout, std::time::Duration::from_secs(600));
+    }
+
     #[test]
     fn every_duration_argument_is_bounded_at_a_century() {
         assert_eq!(

@@ -21,9 +21,10 @@ pub(crate) struct BindArgs {
     /// {"peer":"IP:PORT"}) before the relayed data, instead of text on stderr.
     #[arg(long)]
     pub(crate) json: bool,
-    /// Give up if no peer connects within this time (default: as long as the proxy waits).
-    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration)]
-    pub(crate) accept_timeout: Option<Duration>,
+    /// Give up if no peer connects within this time. Bounded by default: a proxy that
+    /// never sends its second reply would otherwise keep the command waiting for ever.
+    #[arg(long, value_name = "DURATION", value_parser = crate::args::duration, default_value = "10m")]
+    pub(crate) accept_timeout: Duration,
     /// At stdin's EOF send nothing, and end when the peer closes (see `connect --help`).
     #[arg(long)]
     pub(crate) no_half_close: bool,
@@ -45,7 +46,7 @@ message names the REP code and its meaning), no peer came in time, or the networ
 
 pub(crate) async fn run(args: BindArgs) -> ExitCode {
     let mut config = args.proxy.client_config();
-    config.accept_timeout = args.accept_timeout;
+    config.accept_timeout = Some(args.accept_timeout);
     let listener =
         match Socks5Listener::bind_with_config(&args.proxy.proxy, &args.target, &config).await {
             Ok(l) => l,
