@@ -198,6 +198,9 @@ pub enum ConfigError {
     /// its family on the same port: the second cannot be bound.
     #[error("listen addresses {0} and {1} overlap (the second could not be bound)")]
     OverlappingListen(SocketAddr, SocketAddr),
+    /// An IPv4-mapped IPv6 listen address, which an IPv6-only listener cannot bind.
+    #[error("listen address {0} is an IPv4 address written as IPv6: write it as IPv4")]
+    MappedListen(SocketAddr),
     /// A timeout or `name_cache` too long to add to the clock.
     #[error("{setting} {value:?} is longer than the most allowed (100 years)")]
     DurationTooLong {
@@ -253,8 +256,16 @@ impl Config {
             }
         }
         for (i, a) in self.listen.iter().enumerate() {
+            // An IPv6 listener is IPv6-only, so a mapped IPv4 address cannot be bound.
+            if let IpAddr::V6(v6) = a.ip() {
+                if v6.to_ipv4_mapped().is_some() {
+                    return Err(ConfigError::MappedListen(*a));
+                }
+            }
             if let Some(b) = self.listen[i + 1..].iter().find(|b| {
-                a.port() == b.port()
+                // Port 0 asks for any free port: two such listeners never collide.
+                a.port() != 0
+                    && a.port() == b.port()
                     && a.is_ipv4() == b.is_ipv4()
                     && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
             }) {
@@ -461,6 +472,7 @@ mod tests {
             ("127.0.0.1:1080", "127.0.0.1:1081", false),
             ("127.0.0.1:1080", "[::1]:1080", false),
             ("127.0.0.1:1080", "127.0.0.2:1080", false),
+            ("127.0.0.1:0", "127.0.0.1:0", false),
         ] {
             let c = Config {
                 listen: vec![addr(a), addr(b)],
@@ -473,6 +485,14 @@ mod tests {
                 "{a} {b}"
             );
         }
+        let mapped = Config {
+            listen: vec![addr("[::ffff:127.0.0.1]:1080")],
+            ..Config::default()
+        };
+        assert_eq!(
+            mapped.validate(),
+            Err(ConfigError::MappedListen(addr("[::ffff:127.0.0.1]:1080")))
+        );
     }
 
     #[test]
