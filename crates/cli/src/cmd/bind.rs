@@ -76,6 +76,6 @@ fn announce(json: bool, key: &str, addr: &Addr) {
         let _ = writeln!(out, "{}", serde_json::json!({ key: addr.to_string() }));
         let _ = out.flush();
     } else {
-        eprintln!("{key} {addr}");
+        eprintln!("{key} {}", super::printable(&addr.to_string()));
     }
 }

@@ -9,3 +9,39 @@ pub(crate) mod probe;
 pub(crate) mod serve;
 pub(crate) mod tunnel;
 pub(crate) mod udp;
+
+use std::borrow::Cow;
+
+/// Text from the network (a proxy's reply, a datagram), made safe to print in a line-based
+/// output: control characters and backslashes escaped (`\n`, `\t`, `\u{1b}`, `\\`), so a
+/// hostile proxy can neither add lines nor send terminal escapes. Plain text, the usual
+/// case, comes back as it is.
+pub(crate) fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() || c == '\\' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn printable_escapes_what_could_forge_lines_or_drive_a_terminal() {
+        assert_eq!(printable("plain text é"), "plain text é");
+        assert_eq!(
+            printable("a\n127.0.0.1:53\tfake\u{1b}[31m\\"),
+            "a\\n127.0.0.1:53\\tfake\\u{1b}[31m\\\\"
+        );
+        assert!(!printable("x\r\u{7f}\u{85}").chars().any(char::is_control));
+    }
+}

@@ -116,7 +116,10 @@ fn print_reply(args: &UdpArgs, source: &Addr, payload: &[u8]) -> bool {
     let line = if args.json {
         serde_json::json!({ "source": source.to_string(), "payload": text }).to_string()
     } else {
-        format!("{source}\t{text}")
+        // One line per reply: a payload's line breaks (or a hostile source name's) are
+        // escaped rather than starting lines of their own.
+        let source = source.to_string();
+        format!("{}\t{}", super::printable(&source), super::printable(&text))
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()

@@ -162,7 +162,8 @@ impl Report {
                 "{:id_width$}  {:status_width$}  {}",
                 c.id,
                 c.status.as_str(),
-                c.detail
+                // Details quote what the proxy sent (a BND name, say).
+                crate::cmd::printable(&c.detail)
             );
         }
         let s = &self.summary;
