@@ -470,6 +470,31 @@ async fn udp_auth_failure_exits_1_and_success_works() {
     assert_eq!(out.stdout_text(), format!("{echo}\tx\n"));
 }
 
+/// A relay announced in the other address family (here an IPv4-mapped IPv6 address, as
+/// `external_address` may give) gets a socket of that family on the port the request
+/// announced, so a proxy that filters by it still takes the datagrams (they were dropped).
+#[tokio::test]
+async fn udp_through_a_relay_announced_in_the_other_family() {
+    let mut config = test_config();
+    config.external_address = Some("::ffff:127.0.0.1".parse().unwrap());
+    let server = spawn_server(config).await;
+    let echo = udp_echo("127.0.0.1:0").await.to_string();
+    let out = run(
+        &[
+            "udp",
+            "--proxy",
+            &proxy("socks5", &server),
+            "--wait",
+            "500ms",
+            &echo,
+        ],
+        b"across families\n",
+    )
+    .await;
+    out.assert_code(0);
+    assert_eq!(out.stdout_text(), format!("{echo}\tacross families\n"));
+}
+
 #[tokio::test]
 async fn passwd_hash_is_accepted_by_the_server() {
     let out = run(&["passwd"], b"correct horse\n").await;

@@ -99,7 +99,15 @@ impl UdpAssociation {
             } else {
                 IpAddr::V6(Ipv6Addr::UNSPECIFIED)
             };
-            socket = UdpSocket::bind((any, 0)).await?;
+            // The request announced the first socket's port, and a proxy that filters by
+            // it drops datagrams from any other: keep the port when it is free.
+            let announced_port = socket.local_addr()?.port();
+            // Closed first: a dual-stack socket on the port would collide with it.
+            drop(socket);
+            socket = match UdpSocket::bind((any, announced_port)).await {
+                Ok(s) => s,
+                Err(_) => UdpSocket::bind((any, 0)).await?,
+            };
         }
         socket.connect(relay).await?;
 
