@@ -265,31 +265,13 @@ fn serve_refuses_an_open_proxy_and_names_the_flag() {
 /// and from the file.
 #[test]
 fn durations_beyond_a_century_are_refused() {
-    // Spawned rather than run to the end: a server that accepted the setting would not exit.
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--connect-timeout",
-            "500000000000years",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = wait_within(&mut child, Duration::from_secs(10));
-    if status.is_none() {
-        child.kill().unwrap();
-    }
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
+    let (code, err) = serve_refusing(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--connect-timeout",
+        "500000000000years",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("--connect-timeout") && err.contains("100 years"),
         "{err}"
@@ -558,10 +540,19 @@ fn an_empty_users_file_never_turns_authentication_off() {
     send_signal(&served, "-TERM");
     assert_eq!(exit_code_within_10s(&mut served), Some(0));
 
-    // Spawned, not run to the end: a server that accepted the file would not exit.
+    let users_file = format!("--users-file={}", users.display());
+    let (code, err) = serve_refusing(&["--listen", "127.0.0.1:0", &users_file]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no users in it"), "{err}");
+}
+
+/// Runs `serve ARGS` expecting it to refuse to start: its exit code (`None` if it was
+/// still running after 10 s and had to be killed) and its stderr. Spawned, not run to
+/// the end, so a server that accepted what it should refuse fails the test, not hangs it.
+fn serve_refusing(args: &[&str]) -> (Option<i32>, String) {
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--users-file"])
-        .arg(&users)
+        .arg("serve")
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -577,8 +568,7 @@ fn an_empty_users_file_never_turns_authentication_off() {
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
-    assert!(err.contains("no users in it"), "{err}");
+    (status.and_then(|s| s.code()), err)
 }
 
 /// A FIFO at a fresh path in this run's directory (a leftover from a run with the same

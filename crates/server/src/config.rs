@@ -273,27 +273,20 @@ impl Config {
             }
         }
         let t = &self.timeouts;
-        // The drain may be zero (exit at once); none of these can.
-        for (setting, value) in [
-            ("handshake_timeout", t.handshake),
-            ("connect_timeout", t.connect),
-            ("bind_timeout", t.bind),
-            ("idle_timeout", t.idle),
-            ("udp_idle_timeout", t.udp_idle),
+        // (setting, value, whether zero means something: the drain's "exit at once",
+        // the cache's "look up every time")
+        for (setting, value, zero_allowed) in [
+            ("handshake_timeout", t.handshake, false),
+            ("connect_timeout", t.connect, false),
+            ("bind_timeout", t.bind, false),
+            ("idle_timeout", t.idle, false),
+            ("udp_idle_timeout", t.udp_idle, false),
+            ("drain_timeout", t.drain, true),
+            ("name_cache", self.name_cache, true),
         ] {
-            if value.is_zero() {
+            if value.is_zero() && !zero_allowed {
                 return Err(ConfigError::ZeroTimeout(setting));
             }
-        }
-        for (setting, value) in [
-            ("handshake_timeout", t.handshake),
-            ("connect_timeout", t.connect),
-            ("bind_timeout", t.bind),
-            ("idle_timeout", t.idle),
-            ("udp_idle_timeout", t.udp_idle),
-            ("drain_timeout", t.drain),
-            ("name_cache", self.name_cache),
-        ] {
             if value > MAX_DURATION {
                 return Err(ConfigError::DurationTooLong { setting, value });
             }

@@ -129,9 +129,14 @@ async fn bind_listener_is_closed_when_the_client_leaves() {
     c.send(&request(Command::BIND, "127.0.0.1:0")).await;
     let listen_addr = announced(&c.recv_reply().await);
     drop(c);
+    wait_until_closed(listen_addr).await;
+}
+
+/// Waits (within the deadline) until nothing accepts connections at `addr` any more.
+async fn wait_until_closed(addr: SocketAddr) {
     with_deadline(async {
         loop {
-            if TcpStream::connect(listen_addr).await.is_err() {
+            if TcpStream::connect(addr).await.is_err() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -173,15 +178,7 @@ async fn bind_wait_after_early_data_survives_a_half_close_but_not_a_reset() {
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(stream);
-    with_deadline(async {
-        loop {
-            if TcpStream::connect(listen_addr).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    wait_until_closed(listen_addr).await;
 }
 
 #[tokio::test]
