@@ -511,11 +511,12 @@ fn check_access_log_path(path: &str) -> Result<(), String> {
     }
 }
 
-/// Why a users file without users is refused: with no users the methods default to
-/// `none`, so an emptied file (or one caught half-rewritten by a SIGHUP) silently let every
-/// client in without a password. A reload that fails keeps the running users.
-const NO_USERS: &str = "no users in it (an empty users file would turn authentication off; \
-                        remove users_file to serve without authentication)";
+/// Why a users file without users is refused when no other users exist and the methods are
+/// left to their default: that default is then `none`, so an emptied file (or one caught
+/// half-rewritten by a SIGHUP) silently let every client in without a password. A reload
+/// that fails keeps the running users.
+const NO_USERS: &str = "no users in it, and no others configured (the methods would default to \
+                        \"none\": no authentication; set methods to say what you want)";
 
 /// Reads the file (if any), applies the overrides, and validates the result.
 pub(crate) fn load(
@@ -575,12 +576,6 @@ fn build(
                 format!("users file {}: {e}", file.get_ref().display()),
             )
         })?;
-        if loaded.is_empty() {
-            return Err(at(
-                Some(file.span()),
-                format!("users file {}: {NO_USERS}", file.get_ref().display()),
-            ));
-        }
         users = loaded;
     }
     for entry in a.users.iter().flatten() {
@@ -591,12 +586,6 @@ fn build(
     if let Some(file) = &cli.users_file {
         let loaded = Users::load(file)
             .map_err(|e| plain_error(format!("--users-file {}: {e}", file.display())))?;
-        if loaded.is_empty() {
-            return Err(plain_error(format!(
-                "--users-file {}: {NO_USERS}",
-                file.display()
-            )));
-        }
         for (name, cred) in loaded.into_entries() {
             users.insert(name, cred);
         }
@@ -607,6 +596,22 @@ fn build(
         users.insert(name, cred);
     }
 
+    // Methods left to their default, with users expected from a file and none found there
+    // or anywhere else: the default would be `none`.
+    if users.is_empty() && cli.auth.is_empty() && a.methods.is_none() {
+        if let Some(file) = &cli.users_file {
+            return Err(plain_error(format!(
+                "--users-file {}: {NO_USERS}",
+                file.display()
+            )));
+        }
+        if let Some(file) = &a.users_file {
+            return Err(at(
+                Some(file.span()),
+                format!("users file {}: {NO_USERS}", file.get_ref().display()),
+            ));
+        }
+    }
     let methods_span = a.methods.as_ref().map(|m| m.span());
     let auth_methods = if !cli.auth.is_empty() {
         cli.auth.clone()
@@ -784,6 +789,28 @@ mod tests {
         let src = Source { path, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| src.error(e.span(), e.message()))?;
         build(raw, Some(&src), &Overrides::default(), AccessLogOpen::No).map(|(c, _)| c)
+    }
+
+    /// An empty users file is refused only where it would turn authentication off: no
+    /// other users, methods left to their default.
+    #[test]
+    fn an_empty_users_file_is_refused_only_when_it_would_turn_authentication_off() {
+        let file =
+            std::env::temp_dir().join(format!("ferrosocks-empty-{}.txt", std::process::id()));
+        std::fs::write(&file, "# nobody yet\n").unwrap();
+        let with = |extra: &str| {
+            parse(&format!(
+                "[auth]\nusers_file = {:?}\n{extra}",
+                file.display().to_string()
+            ))
+        };
+        let err = with("").unwrap_err();
+        assert!(err.message.contains("no users in it"), "{err}");
+        let c = with("methods = [\"none\"]\n").unwrap();
+        assert_eq!(c.auth_methods, vec![AuthMethod::None]);
+        let c = with("users = [\"alice:pw\"]\n").unwrap();
+        assert_eq!(c.auth_methods, vec![AuthMethod::UserPass]);
+        let _ = std::fs::remove_file(&file);
     }
 
     #[test]

@@ -530,7 +530,7 @@ async fn passwd_rejects_missing_or_overlong_passwords() {
     let long = vec![b'a'; 256];
     run(&["passwd"], &long).await.assert_code(1);
     // Names whose line would not read back as that one user.
-    for name in ["a:b", "a\nb", "#admin", ""] {
+    for name in ["a:b", "a\nb", "#admin", " #admin", ""] {
         run(&["passwd", "--user", name], b"pw\n")
             .await
             .assert_code(2);

@@ -75,7 +75,7 @@ pub(crate) async fn handle(
                 tracing::info!(client = %conn.client, peer = %addr, "BIND: refused a connection from an unexpected peer");
                 refuse(stream);
             }
-            () = client_gone(&conn.stream) => return Err(SessionError::ClientClosed),
+            () = client_gone(&conn.stream, !conn.input.is_empty()) => return Err(SessionError::ClientClosed),
             () = tokio::time::sleep_until(deadline) => return Err(SessionError::Timeout(Phase::BindWait)),
             () = shared.drain_over.cancelled() => return Err(SessionError::Shutdown),
         }
@@ -114,32 +114,36 @@ fn refuse(stream: TcpStream) {
 }
 
 /// Resolves when the client is gone: its connection failed or was reset, or it ended its
-/// side without sending anything. A client that sent data and then ended its side (a
-/// half-close: "this, then EOF, for whoever connects") still waits for its peer, which gets
-/// both. Nothing is read: the kernel reports the end of the stream apart from data waiting
-/// in front of it (`EPOLLRDHUP`) and a reset apart from both (`EPOLLHUP`, `EPOLLERR`), so
-/// readiness for data alone is cleared and the wait goes on. (Watching once stopped at the
-/// first byte, so a client that sent some and was then reset held the listener and its
-/// connection slot until `bind_timeout`.)
-pub(crate) async fn client_gone(stream: &TcpStream) {
+/// side without sending anything. A client that sent data (`sent`: data already read
+/// with the request, or waiting in the socket) and then ended its side (a half-close:
+/// "this, then EOF, for whoever connects") still waits for its peer, which gets both, but
+/// a reset ends that wait too. Nothing is read: the kernel reports the end of the stream
+/// apart from data waiting in front of it (`EPOLLRDHUP`) and a reset apart from both
+/// (`EPOLLERR`, which tokio reports only when asked for), so readiness for data alone is
+/// cleared and the wait goes on. (Watching once stopped at the first byte, so a client
+/// that sent some and was then reset held the listener and its connection slot until
+/// `bind_timeout`.)
+pub(crate) async fn client_gone(stream: &TcpStream, sent: bool) {
     use tokio::io::Interest;
     loop {
-        let Ok(ready) = stream.ready(Interest::READABLE).await else {
+        let Ok(ready) = stream.ready(Interest::READABLE | Interest::ERROR).await else {
             return;
         };
-        if ready.is_error() || ready.is_write_closed() {
+        if ready.is_error() {
             return;
         }
         if ready.is_read_closed() {
             let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+            let waiting = matches!(socket2::SockRef::from(stream).peek(&mut probe), Ok(n) if n > 0);
             // EOF with nothing before it: the client left.
-            if !matches!(socket2::SockRef::from(stream).peek(&mut probe), Ok(n) if n > 0) {
+            if !sent && !waiting {
                 return;
             }
             // A half-close behind data, for the peer. tokio keeps a closed state for good
-            // (it would be reported at once from here on), so watching ends here, and a
-            // reset from now on is met when the tunnel starts or `bind_timeout` passes.
-            return std::future::pending().await;
+            // (it would be reported at once from here on), so only a reset ends the wait
+            // now, or the peer, or `bind_timeout`.
+            let _ = stream.ready(Interest::ERROR).await;
+            return;
         }
         // Data alone: forget this readiness (a later event brings a new one; tokio never
         // clears one newer than what this call saw).

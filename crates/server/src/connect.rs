@@ -58,6 +58,12 @@ async fn connect_and_reply(
     })?;
     record.resolved = Some(connected);
     let bound = target.local_addr()?;
+    // A listener on a wildcard address is reached at every address of this host, more than
+    // the check before connecting knows; a connection to this host has its own address at
+    // both ends.
+    if shared.is_own_wildcard_listener(connected, bound) {
+        return Err(SessionError::OwnListener(connected));
+    }
     conn.send_reply(&Reply {
         rep: Rep::SUCCEEDED,
         bnd: bound.into(),
@@ -83,7 +89,9 @@ impl Shared {
             let ip = target.ip().to_canonical();
             self.listening.iter().any(|l| {
                 let listen_ip = l.ip().to_canonical();
+                // IPv6 listeners are IPv6-only: an IPv4 target never reaches one.
                 l.port() == target.port()
+                    && listen_ip.is_ipv4() == ip.is_ipv4()
                     && (listen_ip == ip
                         || ip.is_unspecified()
                         || (listen_ip.is_unspecified()
@@ -103,6 +111,22 @@ impl Shared {
             return Err(SessionError::OwnListener(first_own));
         }
         Ok(kept)
+    }
+
+    /// Whether `connected`, reached from `bound`, is one of this server's wildcard
+    /// listeners: the same port and family, and an address of this host (`bound`'s).
+    fn is_own_wildcard_listener(
+        &self,
+        connected: std::net::SocketAddr,
+        bound: std::net::SocketAddr,
+    ) -> bool {
+        let ip = connected.ip().to_canonical();
+        ip == bound.ip().to_canonical()
+            && self.listening.iter().any(|l| {
+                l.ip().is_unspecified()
+                    && l.port() == connected.port()
+                    && l.ip().to_canonical().is_ipv4() == ip.is_ipv4()
+            })
     }
 
     /// Filters resolved addresses through the rules; denies when none is left, naming the
@@ -145,5 +169,29 @@ impl Shared {
             });
         }
         Ok(allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Config, Shared};
+
+    /// A connection to this host has its own address at both ends; a wildcard listener
+    /// takes it on any of them, in its own family only (IPv6 listeners are IPv6-only).
+    #[test]
+    fn a_wildcard_listener_is_reached_at_every_address_of_this_host() {
+        let listening = vec![
+            "0.0.0.0:1080".parse().unwrap(),
+            "[::]:1081".parse().unwrap(),
+        ];
+        let shared = Shared::new(Config::default(), listening);
+        let own = |connected: &str, bound: &str| {
+            shared.is_own_wildcard_listener(connected.parse().unwrap(), bound.parse().unwrap())
+        };
+        assert!(own("10.1.2.3:1080", "10.1.2.3:40000"));
+        assert!(!own("10.1.2.3:1080", "10.9.9.9:40000"), "another host");
+        assert!(!own("10.1.2.3:22", "10.1.2.3:40000"), "another port");
+        assert!(!own("10.1.2.3:1081", "10.1.2.3:40000"), "the IPv6-only one");
+        assert!(own("[2001:db8::1]:1081", "[2001:db8::1]:40000"));
     }
 }

@@ -121,28 +121,37 @@ async fn bind_wait_ends_in_a_failure_reply_and_close() {
     c.expect_eof().await;
 }
 
-#[tokio::test]
-async fn bind_listener_is_closed_when_the_client_leaves() {
-    let server = spawn_server(test_config()).await;
+/// A BIND waiting for a peer that only 127.0.0.2 may be, on a server whose wait would
+/// last far longer than a test step: only the client's leaving can end its session in
+/// time. (A probe connection from 127.0.0.1 is refused as the wrong peer, so it cannot end
+/// the wait itself, as it could when the test waited for any peer.)
+async fn bind_for_a_peer_that_never_comes(
+    server: &ferrosocks_testkit::TestServer,
+    early: &[u8],
+) -> (RawClient, SocketAddr) {
     let mut c = RawClient::connect(server.addr).await;
     c.greet_no_auth().await;
-    c.send(&request(Command::BIND, "127.0.0.1:0")).await;
+    c.send(&request(Command::BIND, "127.0.0.2:0")).await;
     let listen_addr = announced(&c.recv_reply().await);
-    drop(c);
-    wait_until_closed(listen_addr).await;
+    if !early.is_empty() {
+        c.send(early).await;
+    }
+    (c, listen_addr)
 }
 
-/// Waits (within the deadline) until nothing accepts connections at `addr` any more.
-async fn wait_until_closed(addr: SocketAddr) {
-    with_deadline(async {
-        loop {
-            if TcpStream::connect(addr).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+fn long_bind_wait() -> ferrosocks_server::Config {
+    let mut config = test_config();
+    config.timeouts.bind = Duration::from_secs(600);
+    config
+}
+
+#[tokio::test]
+async fn bind_wait_ends_when_the_client_leaves() {
+    let server = spawn_server(long_bind_wait()).await;
+    let (c, _) = bind_for_a_peer_that_never_comes(&server, b"").await;
+    drop(c);
+    let line = server.wait_for_log("client closed").await;
+    assert!(line.contains("BIND"), "{line}");
 }
 
 /// A client that sent data for the peer and then half-closed still gets its peer, which
@@ -150,17 +159,12 @@ async fn wait_until_closed(addr: SocketAddr) {
 /// (watching once stopped at the first byte, holding the listener until `bind_timeout`).
 #[tokio::test]
 async fn bind_wait_after_early_data_survives_a_half_close_but_not_a_reset() {
-    let server = spawn_server(test_config()).await;
-    let start_bind = || async {
-        let mut c = RawClient::connect(server.addr).await;
-        c.greet_no_auth().await;
-        c.send(&request(Command::BIND, "127.0.0.1:0")).await;
-        let listen_addr = announced(&c.recv_reply().await);
-        c.send(b"early bytes for the peer").await;
-        (c, listen_addr)
-    };
-
-    let (c, listen_addr) = start_bind().await;
+    let server = spawn_server(long_bind_wait()).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    c.send(&request(Command::BIND, "127.0.0.1:0")).await;
+    let listen_addr = announced(&c.recv_reply().await);
+    c.send(b"early bytes for the peer").await;
     let mut stream = c.stream;
     stream.shutdown().await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -171,14 +175,38 @@ async fn bind_wait_after_early_data_survives_a_half_close_but_not_a_reset() {
     with_deadline(peer.read_to_end(&mut got)).await.unwrap();
     assert_eq!(got, b"early bytes for the peer");
 
-    let (c, listen_addr) = start_bind().await;
-    let stream = c.stream;
+    let (c, listen_addr) = bind_for_a_peer_that_never_comes(&server, b"early bytes").await;
+    // A wrong peer is refused and the wait goes on.
+    let _refused = TcpStream::connect(listen_addr).await;
     // Linger zero: the close resets the connection.
-    socket2::SockRef::from(&stream)
+    socket2::SockRef::from(&c.stream)
         .set_linger(Some(Duration::ZERO))
         .unwrap();
-    drop(stream);
-    wait_until_closed(listen_addr).await;
+    drop(c);
+    let line = server.wait_for_log("client closed").await;
+    assert!(line.contains("BIND"), "{line}");
+}
+
+/// The same with the early data sent in the same write as the request: it is read with
+/// the request, not left in the socket, and a half-close behind it still waits.
+#[tokio::test]
+async fn bind_with_pipelined_data_and_a_half_close_still_gets_its_peer() {
+    let server = spawn_server(long_bind_wait()).await;
+    let mut c = RawClient::connect(server.addr).await;
+    let mut bytes = vec![5, 1, 0];
+    bytes.extend(request(Command::BIND, "127.0.0.1:0"));
+    bytes.extend(b"pipelined for the peer");
+    c.send(&bytes).await;
+    assert_eq!(c.recv_exact(2).await, [5, 0]);
+    let listen_addr = announced(&c.recv_reply().await);
+    c.stream.shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut peer = with_deadline(TcpStream::connect(listen_addr))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    with_deadline(peer.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"pipelined for the peer");
 }
 
 #[tokio::test]

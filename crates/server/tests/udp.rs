@@ -533,3 +533,29 @@ async fn a_datagram_cannot_loop_through_the_relays_own_sockets() {
     assert!(line.contains("datagrams up=3 down=0 dropped=1"), "{line}");
     assert!(line.contains(r#""bytes_down":0,"#), "{line}");
 }
+
+/// Nor when a request names a relay socket's port as the client's: association B told to
+/// expect its client at A's outbound address drops what A's outbound socket sends it.
+#[tokio::test]
+async fn a_request_naming_a_relay_socket_as_its_client_gets_nothing_from_it() {
+    let server = spawn_server(test_config()).await;
+    let a = associate(&server, "127.0.0.1:0", Some("0.0.0.0:0")).await;
+    let probe = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let probe_addr = probe.local_addr().unwrap().to_string();
+    a.send(&probe_addr, b"where from?").await;
+    let mut buf = [0u8; 2048];
+    let (_, a_outbound) = with_deadline(probe.recv_from(&mut buf)).await.unwrap();
+    let b = associate(
+        &server,
+        "127.0.0.1:0",
+        Some(&format!("127.0.0.1:{}", a_outbound.port())),
+    )
+    .await;
+    // Through A to B's client-facing socket, a datagram B would pass on to the probe.
+    let smuggled = datagram(Frag::STANDALONE, &probe_addr, b"smuggled via B");
+    a.send(&b.relay.to_string(), &smuggled).await;
+    assert!(
+        nothing_arrives(&probe).await,
+        "B took A's outbound socket for its client"
+    );
+}

@@ -39,7 +39,7 @@ pub(crate) fn run(args: &PasswdArgs) -> ExitCode {
             || name.len() > 255
             || name.contains(':')
             || name.chars().any(char::is_control)
-            || name.starts_with('#')
+            || name.trim_start().starts_with('#')
         {
             eprintln!(
                 "ferrosocks passwd: the user name must be 1 to 255 bytes without ':' or control \

@@ -78,6 +78,9 @@ pub(crate) struct Association {
     pub(crate) outbound: RelaySocket,
     /// The address the client reached the server at, where `client_socket` is bound.
     pub(crate) local_ip: IpAddr,
+    /// The client is on this host (loopback, or the address it reached): only then can its
+    /// datagrams come from the server's own relay sockets.
+    pub(crate) client_local: bool,
     /// Both sockets' entries in the server's list of relay sockets, removed when it ends.
     pub(crate) _relay_addrs: super::RelayAddrsHeld,
     pub(crate) client_ip: IpAddr,
@@ -111,6 +114,10 @@ impl UdpStats {
 struct State {
     /// Where replies go: the client's last source address.
     client_addr: Option<SocketAddr>,
+    /// The last source found not to be one of the server's relay sockets (see
+    /// `handle_from_client`); apart from `client_addr`, which starts at the address the
+    /// request named, unchecked.
+    checked_src: Option<SocketAddr>,
     reassembly: Reassembly,
     names: HashMap<Addr, (SocketAddr, Instant)>,
     stats: UdpStats,
@@ -383,6 +390,7 @@ impl Association {
         let idle = self.shared.config.timeouts.udp_idle;
         let mut state = State {
             client_addr: self.client_port.map(|p| SocketAddr::new(self.client_ip, p)),
+            checked_src: None,
             reassembly: Reassembly::new(Duration::from_secs(5)),
             names: HashMap::new(),
             stats: UdpStats::default(),
@@ -568,12 +576,17 @@ impl Association {
             tracing::debug!(%src, "UDP: dropped a truncated datagram");
             return None;
         }
-        // Another source than last time (the client's port is not fixed): not one of the
-        // server's own relay sockets, or a datagram could go round between them.
-        if state.client_addr != Some(src) && self.shared.udp_relays.contains(src, self.local_ip) {
-            state.stats.dropped += 1;
-            tracing::debug!(%src, "UDP: dropped a datagram from one of the server's relay sockets");
-            return None;
+        // Not one of the server's own relay sockets, or a datagram could go round between
+        // them: checked once per new source (a request can name a relay socket's port as
+        // its own), and only for a client on this host, the only one that can reach them
+        // from their addresses.
+        if self.client_local && state.checked_src != Some(src) {
+            if self.shared.udp_relays.contains(src, self.local_ip) {
+                state.stats.dropped += 1;
+                tracing::debug!(%src, "UDP: dropped a datagram from one of the server's relay sockets");
+                return None;
+            }
+            state.checked_src = Some(src);
         }
         state.client_addr = Some(src);
         let datagram = &slots[at..at + r.len];
@@ -1034,6 +1047,7 @@ mod tests {
     fn fresh_state() -> State {
         State {
             client_addr: None,
+            checked_src: None,
             reassembly: Reassembly::new(Duration::from_secs(5)),
             names: HashMap::new(),
             stats: UdpStats::default(),

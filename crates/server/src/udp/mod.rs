@@ -259,6 +259,7 @@ fn open(
         client_socket,
         outbound,
         local_ip,
+        client_local: client_ip.is_loopback() || client_ip == local_ip,
         _relay_addrs: relay_addrs,
         client_ip,
         client_port,
