@@ -190,6 +190,11 @@ async fn drive(
     record.command = Some(request.command);
     record.target = Some(request.dst.to_string());
     tracing::debug!(command = ?request.command, dst = %request.dst, "request");
+    // The drain is over: a handshake that finishes now gets a failure reply, not a new
+    // connection to its target that the shutdown would cut a moment later.
+    if shared.drain_over.is_cancelled() {
+        return Err(SessionError::Shutdown);
+    }
     match request.command {
         Command::CONNECT => connect::handle(conn, shared, record, request.dst).await,
         // BIND and UDP keep more state than CONNECT; boxing them keeps every session's

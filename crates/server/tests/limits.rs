@@ -170,3 +170,29 @@ async fn shutdown_stops_accepting_and_drains_within_its_bound() {
         .iter()
         .any(|l| l.contains("\"command\":\"UDP_ASSOCIATE\"")));
 }
+
+/// A handshake that completes after the drain is over gets a failure reply, and its target
+/// no connection (the server opened one, answered 00, and cut it at once).
+#[tokio::test]
+async fn a_request_after_the_drain_gets_01_and_no_target_connection() {
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let mut config = test_config();
+    config.timeouts.drain = Duration::from_millis(100);
+    let server = spawn_server(config).await;
+    let mut c = RawClient::connect(server.addr).await;
+    c.greet_no_auth().await;
+    let stopping = tokio::spawn(server.shutdown());
+    // Past the drain, inside the 2 s a handshake still gets.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.send(&request(Command::CONNECT, &target_addr.to_string()))
+        .await;
+    assert_eq!(c.recv_reply().await.rep, Rep::GENERAL_FAILURE);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), target.accept())
+            .await
+            .is_err(),
+        "the target was connected to after the drain"
+    );
+    with_deadline(stopping).await.unwrap();
+}
