@@ -104,6 +104,14 @@ pub(crate) async fn run_tunnel(
     record.bytes_up += stats.up;
     record.bytes_down += stats.down;
     record.end = stats.end.describe().into();
+    if stats.end == crate::relay::RelayEnd::Error {
+        // One side aborted (a reset, a failed write): the other is aborted too when both
+        // are closed, with a reset rather than a FIN, which would have it take a cut-off
+        // transfer whose end only the close marks for a complete one.
+        for stream in [&conn.stream, &*far] {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
 }
 
 /// Runs one session to its end. Never panics on client input; every outcome is logged.

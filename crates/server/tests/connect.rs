@@ -482,3 +482,39 @@ async fn loopback_tunnels_keep_little_unsent_data_towards_a_stalled_target() {
         );
     }
 }
+
+/// A target that aborts (a reset) mid-transfer is passed on as an abort: the client sees
+/// a reset, not a clean EOF that would make a cut-off download look complete.
+#[tokio::test]
+async fn a_reset_from_the_target_reaches_the_client_as_a_reset() {
+    for mode in [RelayMode::Splice, RelayMode::Copy] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _ = s.write_all(&vec![7u8; 2_000_000]).await;
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        });
+        let mut config = test_config();
+        config.relay_mode = mode;
+        let server = spawn_server(config).await;
+        let mut c = tunnel(server.addr, &target.to_string()).await;
+        // Read slowly, so bytes are still on their way when the reset comes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut buf = vec![0u8; 16 * 1024];
+        let outcome = with_deadline(async {
+            loop {
+                match c.stream.read(&mut buf).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(1)).await,
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await;
+        let err = outcome.expect_err("a clean EOF after the target's reset");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{mode:?}");
+    }
+}
