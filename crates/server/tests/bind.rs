@@ -165,15 +165,11 @@ async fn bind_wait_after_early_data_survives_a_half_close_but_not_a_reset() {
     c.send(&request(Command::BIND, "127.0.0.1:0")).await;
     let listen_addr = announced(&c.recv_reply().await);
     c.send(b"early bytes for the peer").await;
-    let mut stream = c.stream;
-    stream.shutdown().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut peer = with_deadline(TcpStream::connect(listen_addr))
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    with_deadline(peer.read_to_end(&mut got)).await.unwrap();
-    assert_eq!(got, b"early bytes for the peer");
+    c.stream.shutdown().await.unwrap();
+    assert_eq!(
+        half_closed_then_peer_reads(listen_addr).await,
+        b"early bytes for the peer"
+    );
 
     let (c, listen_addr) = bind_for_a_peer_that_never_comes(&server, b"early bytes").await;
     // A wrong peer is refused and the wait goes on.
@@ -200,13 +196,22 @@ async fn bind_with_pipelined_data_and_a_half_close_still_gets_its_peer() {
     assert_eq!(c.recv_exact(2).await, [5, 0]);
     let listen_addr = announced(&c.recv_reply().await);
     c.stream.shutdown().await.unwrap();
+    assert_eq!(
+        half_closed_then_peer_reads(listen_addr).await,
+        b"pipelined for the peer"
+    );
+}
+
+/// After the client half-closed (and a moment for the server to notice), a peer connects
+/// to the BIND listener at `listen_addr` and reads everything to EOF.
+async fn half_closed_then_peer_reads(listen_addr: SocketAddr) -> Vec<u8> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut peer = with_deadline(TcpStream::connect(listen_addr))
         .await
         .unwrap();
     let mut got = Vec::new();
     with_deadline(peer.read_to_end(&mut got)).await.unwrap();
-    assert_eq!(got, b"pipelined for the peer");
+    got
 }
 
 #[tokio::test]
