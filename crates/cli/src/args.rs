@@ -93,6 +93,38 @@ mod tests {
 
     use super::*;
 
+    /// Counts that would measure nothing are bad arguments (exit 2), not failed runs.
+    #[test]
+    fn bench_counts_of_zero_are_argument_errors() {
+        for args in [
+            &["bench", "throughput", "--direct", "--streams", "0"][..],
+            &["bench", "throughput", "--direct", "--streams", "1,1025"],
+            &["bench", "connrate", "--direct", "--workers", "0"],
+            &["bench", "udp", "--direct", "--window", "0"],
+            &["bench", "udp", "--direct", "--rate", "0"],
+            &["bench", "idle", "--direct", "--tunnels", "0"],
+        ] {
+            let mut argv = vec!["ferrosocks"];
+            argv.extend_from_slice(args);
+            let err = Cli::try_parse_from(&argv).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{args:?}"
+            );
+            assert_eq!(err.exit_code(), 2);
+        }
+        assert!(Cli::try_parse_from([
+            "ferrosocks",
+            "bench",
+            "throughput",
+            "--direct",
+            "--streams",
+            "1,8"
+        ])
+        .is_ok());
+    }
+
     /// A proxy that never sends BIND's second reply cannot keep `bind` waiting for ever.
     #[test]
     fn bind_waits_for_its_peer_ten_minutes_unless_told() {

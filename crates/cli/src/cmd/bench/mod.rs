@@ -152,6 +152,27 @@ pub(crate) struct Common {
     pub(crate) quiet: bool,
 }
 
+/// A count that must be at least 1 (0 would measure nothing): refused as a bad argument,
+/// exit code 2, like every other argument error.
+fn count(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Parallel streams: 1 to 1024.
+fn stream_count(s: &str) -> Result<usize, String> {
+    count(s).and_then(|n| {
+        if n <= 1024 {
+            Ok(n)
+        } else {
+            Err("must be 1 to 1024".into())
+        }
+    })
+}
+
 /// Direction of a bulk transfer, as seen from the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -167,7 +188,7 @@ pub(crate) struct ThroughputArgs {
     #[command(flatten)]
     pub(crate) common: Common,
     /// Parallel streams (one tunnel each); repeat or comma-separate for several runs.
-    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8])]
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 8], value_parser = stream_count)]
     pub(crate) streams: Vec<usize>,
     /// up, down, or both (comma-separated).
     #[arg(long, value_delimiter = ',', default_values = ["up", "down"])]
@@ -182,7 +203,7 @@ pub(crate) struct ConnrateArgs {
     #[command(flatten)]
     pub(crate) common: Common,
     /// Concurrent workers, each running sessions back to back.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = count)]
     pub(crate) workers: usize,
     /// Upper bound on the number of sessions, besides --duration.
     #[arg(long, default_value_t = 200_000)]
@@ -209,10 +230,10 @@ pub(crate) struct UdpArgs {
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(8..=65_000))]
     pub(crate) size: u32,
     /// Datagrams in flight at most (ignored with --rate).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) window: u64,
     /// Send at this many datagrams per second instead of a window.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) rate: Option<u64>,
     /// Upper bound on the number of datagrams sent, besides --duration.
     #[arg(long, default_value_t = 10_000_000)]
@@ -224,7 +245,7 @@ pub(crate) struct IdleArgs {
     #[command(flatten)]
     pub(crate) common: Common,
     /// Idle tunnels to open (each costs this process two descriptors).
-    #[arg(long, default_value_t = 9000)]
+    #[arg(long, default_value_t = 9000, value_parser = count)]
     pub(crate) tunnels: usize,
     /// The proxy's process id (its children are counted too); repeat for several.
     #[arg(long, value_name = "PID")]
@@ -245,7 +266,7 @@ pub(crate) struct AllArgs {
     #[command(flatten)]
     pub(crate) common: Common,
     /// Idle tunnels for the idle scenario.
-    #[arg(long, default_value_t = 9000)]
+    #[arg(long, default_value_t = 9000, value_parser = count)]
     pub(crate) tunnels: usize,
     /// The proxy's process id, for the idle scenario's memory figures.
     #[arg(long, value_name = "PID")]
