@@ -108,8 +108,7 @@ fn local_ip_toward(peer: IpAddr) -> Option<IpAddr> {
 /// Resets an unwanted connection rather than closing it gracefully, so the intruder sees a
 /// refusal and not an empty session.
 fn refuse(stream: TcpStream) {
-    // Linger zero makes close() send RST at once; it never blocks, unlike a non-zero linger.
-    let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+    crate::session::reset_on_close(&stream);
     drop(stream);
 }
 

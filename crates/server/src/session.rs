@@ -108,10 +108,15 @@ pub(crate) async fn run_tunnel(
         // One side aborted (a reset, a failed write): the other is aborted too when both
         // are closed, with a reset rather than a FIN, which would have it take a cut-off
         // transfer whose end only the close marks for a complete one.
-        for stream in [&conn.stream, &*far] {
-            let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
-        }
+        reset_on_close(&conn.stream);
+        reset_on_close(far);
     }
+}
+
+/// Makes closing `stream` send a reset instead of a FIN. Linger zero does it at once; it
+/// never blocks, unlike a non-zero linger.
+pub(crate) fn reset_on_close(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(std::time::Duration::ZERO));
 }
 
 /// Runs one session to its end. Never panics on client input; every outcome is logged.
