@@ -803,9 +803,7 @@ impl Targets {
         };
         let bind = |n: u16| async move {
             let addr = at(n)?;
-            TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding a target on {addr}"))
+            target_listener(addr).with_context(|| format!("binding a target on {addr}"))
         };
         let sink = bind(0).await?;
         let source = bind(1).await?;
@@ -834,6 +832,26 @@ impl Targets {
         tokio::spawn(udp::echo(udp_echo));
         Ok(t)
     }
+}
+
+/// Connections a target lets wait to be accepted. Real servers queue far more than the
+/// 128 of Rust's standard library (nginx 511, Go the system's maximum, 4096 here): with
+/// 512 clients through a proxy that connects in bursts, a queue of 128 overflowed, the
+/// kernel dropped the SYNs, and about 1 % of the sessions waited for the retransmission
+/// a second later, which the run then measured instead of the proxy. The kernel caps this
+/// at `net.core.somaxconn`.
+const TARGET_BACKLOG: u32 = 4096;
+
+fn target_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a port given with --targets-port can be reused at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(TARGET_BACKLOG)
 }
 
 /// Accepts until the listener fails for good; a failed accept (EMFILE) backs off briefly.

@@ -255,6 +255,32 @@ async fn a_failure_reply_fails_the_run() {
     assert!(format!("{err:#}").contains("REP 0x05"), "{err:#}");
 }
 
+#[tokio::test]
+async fn targets_queue_hundreds_of_connections_before_accepting() {
+    // Nothing accepts: every connection must complete into the queue. With the 128 of
+    // `TcpListener::bind` the 130th SYN would be dropped and its connect would wait for
+    // the retransmission a second later, past the timeout below. The kernel caps the
+    // queue at `net.core.somaxconn` (4096 by default since Linux 5.4).
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096);
+    let listener = target_listener(LOOPBACK).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = somaxconn.min(300);
+    let clients = tokio::task::spawn_blocking(move || {
+        (0..count)
+            .map(|n| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(900))
+                    .unwrap_or_else(|e| panic!("connection {n} of {count}: {e}"))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert_eq!(clients.len(), count);
+}
+
 /// A plain forwarder, as HAProxy and nginx run in `bench peers`: TCP `listen` + N to
 /// `targets` + N, UDP `listen` to `targets` (for one client at a time).
 async fn spawn_forwarder(listen: u16, targets: u16) {
