@@ -518,3 +518,84 @@ async fn a_reset_from_the_target_reaches_the_client_as_a_reset() {
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{mode:?}");
     }
 }
+
+/// Segments a socket matching `filter` (in any state) has sent without data: `segs_out`
+/// less `data_segs_out`, from `ss -ti`.
+#[cfg(target_os = "linux")]
+fn segments_without_data_sent(filter: &str) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", "state", "all", filter])
+        .output()
+        .expect("ss (iproute2) runs; scripts/test-all installs it");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let info = text
+        .lines()
+        .find(|l| l.starts_with(char::is_whitespace))
+        .unwrap_or_else(|| panic!("no socket matches {filter}: {text}"));
+    let field = |key: &str| -> u64 {
+        info.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    field("segs_out:") - field("data_segs_out:")
+}
+
+/// A target that answers and closes (a request's reply, an HTTP/1.0 response): its last
+/// bytes and its end reach the client in one segment, not the bytes and then a FIN of its
+/// own (one packet less for the client to take in, and none left for it to acknowledge
+/// late, which with many clients made the kernel retransmit it).
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_last_bytes_and_the_end_leave_in_one_segment() {
+    use ferrosocks_server::relay::{relay, PipePool};
+    use tokio::net::TcpStream;
+
+    async fn connected() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connecting = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        (connecting, accepted)
+    }
+
+    for mode in [RelayMode::Splice, RelayMode::Copy] {
+        // The relay's end of both connections is the connecting one, so before any data
+        // it has sent exactly its SYN and the handshake's ACK, and the client sends it
+        // nothing to acknowledge.
+        let (relay_client_side, mut client) = connected().await;
+        let (relay_target_side, mut target) = connected().await;
+        relay_client_side.set_nodelay(true).unwrap();
+        let port = relay_client_side.local_addr().unwrap().port();
+        let filter = format!("sport = :{port}");
+        let before = segments_without_data_sent(&filter);
+        // The bytes and the FIN are both waiting when the relay first reads.
+        target.write_all(b"the last bytes").await.unwrap();
+        target.shutdown().await.unwrap();
+        let pipes = PipePool::new();
+        let tunnel = relay(
+            &relay_client_side,
+            &relay_target_side,
+            Duration::from_secs(10),
+            mode,
+            Duration::ZERO,
+            &pipes,
+            std::future::pending(),
+        );
+        let client_side = async {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"the last bytes", "{mode:?}");
+            let after = segments_without_data_sent(&filter);
+            // Ends the other direction, and so the relay.
+            client.shutdown().await.unwrap();
+            after
+        };
+        let (stats, after) = with_deadline(async { tokio::join!(tunnel, client_side) }).await;
+        assert_eq!(stats.down, 14, "{mode:?}");
+        assert_eq!(
+            after, before,
+            "{mode:?}: the FIN went out in a segment of its own"
+        );
+    }
+}
