@@ -427,6 +427,48 @@ fn handshakes_cut_off_by_the_end_of_the_drain_are_counted() {
     drop(client);
 }
 
+/// A second SIGTERM or SIGINT during the drain closes the open tunnels at once (each with
+/// its access-log line) instead of waiting out the drain time, and the exit is still 0.
+#[test]
+fn a_second_signal_ends_the_drain_at_once() {
+    for (first, second) in [("-TERM", "-INT"), ("-INT", "-INT")] {
+        let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target_addr = target.local_addr().unwrap();
+        // Holds its end open until the server closes the tunnel.
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = target.accept() {
+                let _ = s.read_to_end(&mut Vec::new());
+            }
+        });
+        let mut served = serve(
+            "",
+            "--listen 127.0.0.1:0 --access-log-format json --drain-timeout 10min",
+        );
+        let (mut tunnel, head) = socks_connect(served.addr, target_addr).unwrap();
+        assert_eq!(&head[..4], &[5, 0, 5, 0]);
+        send_signal(&served, first);
+        wait_for_stderr(&served, "draining sessions");
+        let started = Instant::now();
+        send_signal(&served, second);
+        wait_for_stderr(&served, "received again");
+        // The tunnel is closed by the server, long before the drain time.
+        tunnel
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(tunnel.read(&mut [0u8; 1]).unwrap(), 0, "{first} {second}");
+        assert_eq!(
+            exit_code_within_10s(&mut served),
+            Some(0),
+            "{first} {second}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let stdout = served.stdout_to_end();
+        let line: serde_json::Value =
+            serde_json::from_str(stdout.lines().next().expect("the tunnel's line")).unwrap();
+        assert_eq!(line["end"], "server shutdown", "{line}");
+    }
+}
+
 /// A target that closes every connection at once: each session through it is one
 /// access-log line and nothing else.
 fn closing_target() -> SocketAddr {

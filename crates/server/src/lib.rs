@@ -101,6 +101,9 @@ pub(crate) struct Shared {
     /// Cancelled when the drain time is over: tunnels, BIND waits and UDP associations
     /// still open end then, each with its access-log line.
     pub(crate) drain_over: CancellationToken,
+    /// Cancelled by [`ServerHandle::end_drain`]: the shutdown does not wait for the drain
+    /// time.
+    end_drain: CancellationToken,
 }
 
 impl Shared {
@@ -120,6 +123,7 @@ impl Shared {
             udp_relays: udp::RelayAddrs::default(),
             listening,
             drain_over: CancellationToken::new(),
+            end_drain: CancellationToken::new(),
             config,
         }
     }
@@ -143,7 +147,8 @@ pub struct Server {
     shared: Arc<Shared>,
 }
 
-/// A handle to a running server, for reloading users and rules.
+/// A handle to a running server, for reloading users and rules, and for cutting a
+/// shutdown's drain short.
 #[derive(Clone)]
 pub struct ServerHandle {
     shared: Arc<Shared>,
@@ -156,6 +161,14 @@ impl ServerHandle {
         *self.shared.auth.write().unwrap_or_else(|e| e.into_inner()) =
             Arc::new(AuthState { methods, users });
         *self.shared.rules.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(rules);
+    }
+
+    /// Ends the drain of a shutdown now instead of at the drain time, as a second SIGTERM
+    /// or Ctrl-C does for `ferrosocks serve`: tunnels, BIND waits and UDP associations
+    /// close at once, each with its access-log line. Called before the shutdown begins, it
+    /// makes that shutdown skip the drain; the server keeps serving until then.
+    pub fn end_drain(&self) {
+        self.shared.end_drain.cancel();
     }
 }
 
@@ -231,11 +244,25 @@ impl Server {
         }
         sessions.close();
         let drain = self.shared.config.timeouts.drain;
-        if tokio::time::timeout(drain, sessions.wait()).await.is_err() {
-            tracing::warn!(
-                remaining = sessions.len(),
-                "drain time ({drain:?}) over; closing remaining sessions"
-            );
+        let drained = tokio::select! {
+            biased;
+            () = sessions.wait() => true,
+            () = tokio::time::sleep(drain) => {
+                tracing::warn!(
+                    remaining = sessions.len(),
+                    "drain time ({drain:?}) over; closing remaining sessions"
+                );
+                false
+            }
+            () = self.shared.end_drain.cancelled() => {
+                tracing::warn!(
+                    remaining = sessions.len(),
+                    "drain ended early; closing remaining sessions"
+                );
+                false
+            }
+        };
+        if !drained {
             // Tunnels, BIND waits and associations end at once and log their line; what is
             // still running after that (a handshake: greeting, authentication, a CONNECT
             // under way) is dropped with the runtime and writes no access-log line, so it

@@ -171,6 +171,51 @@ async fn shutdown_stops_accepting_and_drains_within_its_bound() {
         .any(|l| l.contains("\"command\":\"UDP_ASSOCIATE\"")));
 }
 
+/// `ServerHandle::end_drain` (a second SIGTERM in `ferrosocks serve`) ends the drain at
+/// once: the tunnel is closed with its access-log line long before a drain time of an
+/// hour. Called before the shutdown, the shutdown skips the drain; until then the server
+/// serves as usual.
+#[tokio::test]
+async fn ending_the_drain_closes_open_tunnels_at_once() {
+    let echo = tcp_echo("127.0.0.1:0").await;
+    for early in [false, true] {
+        let mut config = test_config();
+        config.timeouts.drain = Duration::from_secs(3600);
+        let server = spawn_server(config).await;
+        if early {
+            server.handle.end_drain();
+        }
+        let mut c = RawClient::connect(server.addr).await;
+        c.greet_no_auth().await;
+        c.send(&request(Command::CONNECT, &echo.to_string())).await;
+        assert_eq!(c.recv_reply().await.rep, Rep::SUCCEEDED, "early: {early}");
+        c.stream.write_all(b"ping").await.unwrap();
+        let mut back = [0u8; 4];
+        with_deadline(c.stream.read_exact(&mut back)).await.unwrap();
+        assert_eq!(&back, b"ping", "early: {early}");
+        let (log, handle) = (server.log.clone(), server.handle.clone());
+        let shutdown = tokio::spawn(server.shutdown());
+        if !early {
+            // Draining: the tunnel stays open.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!shutdown.is_finished(), "early: {early}");
+            handle.end_drain();
+        }
+        with_deadline(shutdown).await.unwrap();
+        let mut rest = Vec::new();
+        with_deadline(c.stream.read_to_end(&mut rest))
+            .await
+            .unwrap();
+        assert!(
+            log.lines()
+                .iter()
+                .any(|l| l.contains("\"end\":\"server shutdown")),
+            "early: {early}: {:?}",
+            log.lines()
+        );
+    }
+}
+
 /// A handshake that completes after the drain is over gets a failure reply, and its target
 /// no connection (the server opened one, answered 00, and cut it at once).
 #[tokio::test]

@@ -84,7 +84,14 @@ async fn run(args: ServeArgs, config: ferrosocks_server::Config) -> ExitCode {
     } else {
         tracing::warn!("reloading on SIGHUP is disabled");
     }
-    server.run(shutdown).await;
+    // A second signal while draining: close what is left now rather than at the drain
+    // time (30 s by default), as a user pressing Ctrl-C again expects.
+    let (second, handle) = (shutdown.second(), server.handle());
+    tokio::spawn(async move {
+        second.await;
+        handle.end_drain();
+    });
+    server.run(shutdown.first()).await;
     // The access log's writer thread writes at intervals; the lines of the last sessions
     // are written here, before the process exits and cuts that thread off.
     if !access_log.flush_within(ACCESS_LOG_EXIT_WAIT) {
