@@ -37,8 +37,9 @@ impl Shutdown {
 /// Watches SIGTERM and SIGINT from now on. Registering here, before the server binds and
 /// says where it listens, matters: until a handler is registered a signal takes its
 /// default action and kills the process with no drain and no exit code 0 (a test once
-/// sent SIGTERM in that window). Must be called within the runtime.
-pub(crate) fn shutdown() -> Shutdown {
+/// sent SIGTERM in that window). Must be called within the runtime. `again` says, in the
+/// log, what a second signal does.
+pub(crate) fn shutdown(again: &'static str) -> Shutdown {
     let mut term = watch(SignalKind::terminate(), "SIGTERM");
     let mut int = watch(SignalKind::interrupt(), "SIGINT");
     let (count, received) = tokio::sync::watch::channel(0u32);
@@ -52,7 +53,7 @@ pub(crate) fn shutdown() -> Shutdown {
             if n == 1 {
                 tracing::info!("{name} received");
             } else {
-                tracing::warn!("{name} received again: closing the remaining sessions now");
+                tracing::warn!("{name} received again: {again}");
             }
             count.send_replace(n);
         }

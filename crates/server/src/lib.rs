@@ -219,7 +219,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets sessions drain for
-    /// at most the configured drain time.
+    /// at most the configured drain time, or until [`ServerHandle::end_drain`].
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let stop = CancellationToken::new();
         let sessions = TaskTracker::new();

@@ -174,24 +174,27 @@ async fn write_all(dst: &TcpStream, mut buf: &[u8], last: bool) -> io::Result<()
     Ok(())
 }
 
-/// `MSG_MORE` where the kernel has it: bytes sent with it wait in the socket for what the
-/// program sends next, here the FIN.
+/// Flags for the last bytes of a stream where the kernel has `MSG_MORE`: they wait in the
+/// socket for what the program sends next, here the FIN. `MSG_NOSIGNAL` as the standard
+/// library's own sends have it: a peer gone since (a reset after its half-close) is an
+/// `EPIPE` error, not a SIGPIPE that would kill a program embedding the server that left
+/// the signal at its default.
 #[cfg(any(target_os = "linux", target_os = "android"))]
-const MORE: libc::c_int = libc::MSG_MORE;
+const LAST_BYTES: Option<libc::c_int> = Some(libc::MSG_MORE | libc::MSG_NOSIGNAL);
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
-const MORE: libc::c_int = 0;
+const LAST_BYTES: Option<libc::c_int> = None;
 
 /// One non-blocking send. `last`: the source has ended and these are its last bytes, so
 /// they are held back (`MSG_MORE`) for the FIN that the caller sends right after (a
 /// `shutdown`, or the close when the other direction has ended too), and bytes and FIN
 /// leave in one segment instead of two.
 fn send(dst: &TcpStream, buf: &[u8], last: bool) -> io::Result<usize> {
-    if !last {
-        return dst.try_write(buf);
+    match LAST_BYTES {
+        Some(flags) if last => dst.try_io(tokio::io::Interest::WRITABLE, || {
+            socket2::SockRef::from(dst).send_with_flags(buf, flags)
+        }),
+        _ => dst.try_write(buf),
     }
-    dst.try_io(tokio::io::Interest::WRITABLE, || {
-        socket2::SockRef::from(dst).send_with_flags(buf, MORE)
-    })
 }
 
 /// What a second read, right after one that did not fill its buffer, found behind the

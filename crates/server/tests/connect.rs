@@ -519,21 +519,24 @@ async fn a_reset_from_the_target_reaches_the_client_as_a_reset() {
     }
 }
 
-/// Segments a socket matching `filter` (in any state) has sent without data: `segs_out`
-/// less `data_segs_out`, from `ss -ti`.
+/// Segments the one socket matching `filter` has sent without data: `segs_out` less
+/// `data_segs_out`, from `ss -ti`. Sockets in TIME-WAIT (whose info line is empty) are
+/// left out; exactly one other must match.
 #[cfg(target_os = "linux")]
 fn segments_without_data_sent(filter: &str) -> u64 {
     let out = std::process::Command::new("ss")
-        .args(["-tinH", "state", "all", filter])
+        .args(["-tinH", "exclude", "time-wait", filter])
         .output()
         .expect("ss (iproute2) runs; scripts/test-all installs it");
     let text = String::from_utf8_lossy(&out.stdout);
-    let info = text
+    let info: Vec<&str> = text
         .lines()
-        .find(|l| l.starts_with(char::is_whitespace))
-        .unwrap_or_else(|| panic!("no socket matches {filter}: {text}"));
+        .filter(|l| l.starts_with(char::is_whitespace) && l.contains("segs_out:"))
+        .collect();
+    assert_eq!(info.len(), 1, "one socket must match {filter}: {text}");
     let field = |key: &str| -> u64 {
-        info.split_whitespace()
+        info[0]
+            .split_whitespace()
             .find_map(|w| w.strip_prefix(key))
             .map_or(0, |n| n.parse().unwrap())
     };
@@ -566,8 +569,12 @@ async fn the_last_bytes_and_the_end_leave_in_one_segment() {
         let (relay_client_side, mut client) = connected().await;
         let (relay_target_side, mut target) = connected().await;
         relay_client_side.set_nodelay(true).unwrap();
-        let port = relay_client_side.local_addr().unwrap().port();
-        let filter = format!("sport = :{port}");
+        // The whole address pair: an ephemeral port may serve other connections too.
+        let (port, peer) = (
+            relay_client_side.local_addr().unwrap().port(),
+            relay_client_side.peer_addr().unwrap().port(),
+        );
+        let filter = format!("( sport = :{port} and dport = :{peer} )");
         let before = segments_without_data_sent(&filter);
         // The bytes and the FIN are both waiting when the relay first reads.
         target.write_all(b"the last bytes").await.unwrap();

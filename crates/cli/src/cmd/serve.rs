@@ -63,7 +63,7 @@ async fn run(args: ServeArgs, config: ferrosocks_server::Config) -> ExitCode {
     signals::raise_fd_limit();
     // Before the server binds and logs where it listens: a signal sent as soon as it is
     // reachable must find its handler (see `signals::shutdown`).
-    let shutdown = signals::shutdown();
+    let shutdown = signals::shutdown("closing the remaining sessions now");
     let hup = signals::watch(SignalKind::hangup(), "SIGHUP");
     let access_log = config.access_log.clone();
     let server = match Server::bind(config).await {

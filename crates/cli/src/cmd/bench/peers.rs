@@ -403,7 +403,7 @@ async fn run_inner(a: PeersArgs) -> anyhow::Result<bool> {
 
     let mut proxies: BTreeMap<String, Proxy> = BTreeMap::new();
     // SIGTERM or SIGINT ends the run early but still stops every server it started.
-    let interrupted = crate::signals::shutdown().first();
+    let interrupted = crate::signals::shutdown("already stopping").first();
     let run = async {
         // A server that runs no selected case is not started (nor required).
         let runs_a_case = |c: &str| cases.iter().any(|case| applies(c, case.scenario).is_ok());
