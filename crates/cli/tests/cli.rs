@@ -427,6 +427,48 @@ fn handshakes_cut_off_by_the_end_of_the_drain_are_counted() {
     drop(client);
 }
 
+/// A session that gives a failure reply has written its access-log line, then lingers up
+/// to 2 s for its client to close, which the shutdown does not wait for: it must not be
+/// counted among the sessions closed without a line. Here the request is completed after
+/// the drain is over (so it gets REP 01) and the client then stays silent.
+#[test]
+fn a_session_lingering_after_its_logged_reply_is_not_counted_as_unlogged() {
+    let mut served = serve(
+        "",
+        "--listen 127.0.0.1:0 --drain-timeout 100ms --access-log-format json",
+    );
+    let mut client = TcpStream::connect(served.addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Half a greeting: the session waits for the rest.
+    client.write_all(&[5]).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    send_signal(&served, "-TERM");
+    wait_for_stderr(&served, "drain time");
+    // The rest of the greeting and a CONNECT, after the drain: REP 01. Late enough that
+    // the session's linger outlasts the shutdown's last 2 s.
+    std::thread::sleep(Duration::from_millis(300));
+    client
+        .write_all(&[1, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0, 9])
+        .unwrap();
+    let mut replies = [0u8; 12];
+    client.read_exact(&mut replies).unwrap();
+    assert_eq!(&replies[..4], &[5, 0, 5, 1]);
+    assert_eq!(exit_code_within_10s(&mut served), Some(0));
+    // Every line: the reader ends at the exited process's end of file.
+    let stderr: Vec<String> = served.stderr.iter().collect();
+    assert!(
+        !stderr
+            .iter()
+            .any(|l| l.contains("closed without an access-log line")),
+        "{stderr:?}"
+    );
+    let stdout = served.stdout_to_end();
+    assert!(stdout.contains("\"rep\":1"), "{stdout}");
+    drop(client);
+}
+
 /// A second SIGTERM or SIGINT during the drain closes the open tunnels at once (each with
 /// its access-log line) instead of waiting out the drain time, and the exit is still 0.
 #[test]

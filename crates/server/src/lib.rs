@@ -41,6 +41,7 @@ mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -104,6 +105,10 @@ pub(crate) struct Shared {
     /// Cancelled by [`ServerHandle::end_drain`]: the shutdown does not wait for the drain
     /// time.
     end_drain: CancellationToken,
+    /// Sessions started and not yet logged: what a shutdown that cannot wait any longer
+    /// would end without an access-log line. Sessions still running are not all of them:
+    /// one that gave a failure reply has logged it and may linger a moment to close.
+    pub(crate) unlogged: AtomicUsize,
 }
 
 impl Shared {
@@ -124,6 +129,7 @@ impl Shared {
             listening,
             drain_over: CancellationToken::new(),
             end_drain: CancellationToken::new(),
+            unlogged: AtomicUsize::new(0),
             config,
         }
     }
@@ -272,10 +278,15 @@ impl Server {
                 .await
                 .is_err()
             {
-                tracing::warn!(
-                    remaining = sessions.len(),
-                    "sessions still in their handshake closed without an access-log line"
-                );
+                // Not `sessions.len()`: a BIND wait cut by the drain gave its second reply,
+                // logged it, and may still be lingering for the client to close.
+                let unlogged = self.shared.unlogged.load(Ordering::Relaxed);
+                if unlogged > 0 {
+                    tracing::warn!(
+                        remaining = unlogged,
+                        "sessions still in their handshake closed without an access-log line"
+                    );
+                }
             }
         } else {
             tracing::info!("all sessions finished");

@@ -2,6 +2,7 @@
 //! command handler, then the failure reply (if any) and the access-log line.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +134,8 @@ pub(crate) fn run(
     inherited: tcp_tuning::Inherited,
 ) -> impl std::future::Future<Output = ()> + Send {
     let started = Instant::now();
+    // Until its access-log line is written (see `Shared::unlogged`).
+    shared.unlogged.fetch_add(1, Ordering::Relaxed);
     // Here rather than in the future, which would keep `inherited` for the tunnel's whole
     // life. From a loopback listener this sets nothing (it was all inherited); elsewhere
     // only a loopback client's socket gets a call or two.
@@ -178,6 +181,7 @@ pub(crate) fn run(
         // shutdown's last moments must not hold back the line.
         record.duration = started.elapsed();
         shared.config.access_log.write(&record);
+        shared.unlogged.fetch_sub(1, Ordering::Relaxed);
         if let Some(stream) = linger {
             close_after_failure(stream).await;
         }
