@@ -551,23 +551,13 @@ fn segments_without_data_sent(filter: &str) -> u64 {
 #[tokio::test]
 async fn the_last_bytes_and_the_end_leave_in_one_segment() {
     use ferrosocks_server::relay::{relay, PipePool};
-    use tokio::net::TcpStream;
-
-    async fn connected() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let connecting = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        (connecting, accepted)
-    }
 
     for mode in [RelayMode::Splice, RelayMode::Copy] {
         // The relay's end of both connections is the connecting one, so before any data
         // it has sent exactly its SYN and the handshake's ACK, and the client sends it
         // nothing to acknowledge.
-        let (relay_client_side, mut client) = connected().await;
-        let (relay_target_side, mut target) = connected().await;
+        let (relay_client_side, mut client) = ferrosocks_testkit::tcp_pair().await;
+        let (relay_target_side, mut target) = ferrosocks_testkit::tcp_pair().await;
         relay_client_side.set_nodelay(true).unwrap();
         // The whole address pair: an ephemeral port may serve other connections too.
         let (port, peer) = (

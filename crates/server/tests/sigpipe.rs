@@ -6,7 +6,6 @@ use std::time::Duration;
 use ferrosocks_server::RelayMode;
 use ferrosocks_testkit::with_deadline;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// The last bytes go out with flags of their own (`MSG_MORE`); they must include
 /// `MSG_NOSIGNAL`, as the standard library's sends do, or a client that half-closed and
@@ -16,22 +15,12 @@ use tokio::net::TcpListener;
 #[tokio::test]
 async fn last_bytes_to_a_client_gone_raise_no_sigpipe() {
     use ferrosocks_server::relay::{relay, PipePool, RelayEnd};
-    use tokio::net::TcpStream;
     use tokio::signal::unix::{signal, SignalKind};
-
-    async fn connected() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let connecting = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
-        (connecting, accepted)
-    }
 
     let mut sigpipe = signal(SignalKind::pipe()).unwrap();
     for mode in [RelayMode::Splice, RelayMode::Copy] {
-        let (relay_client_side, mut client) = connected().await;
-        let (relay_target_side, mut target) = connected().await;
+        let (relay_client_side, mut client) = ferrosocks_testkit::tcp_pair().await;
+        let (relay_target_side, mut target) = ferrosocks_testkit::tcp_pair().await;
         let pipes = PipePool::new();
         let tunnel = relay(
             &relay_client_side,

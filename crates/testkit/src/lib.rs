@@ -109,6 +109,16 @@ pub async fn spawn_server(mut config: Config) -> TestServer {
     }
 }
 
+/// A TCP connection over loopback, both ends: (the connecting end, the accepted end).
+pub async fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let connecting = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .expect("connects");
+    let (accepted, _) = listener.accept().await.expect("accepts");
+    (connecting, accepted)
+}
+
 /// A TCP echo server on `addr` (use port 0); returns its address.
 pub async fn tcp_echo(addr: &str) -> SocketAddr {
     let listener = TcpListener::bind(addr).await.expect("echo binds");
