@@ -16,8 +16,9 @@
 //! - The cache holds at most one entry per hashed user (a PHC hash matches one password) and
 //!   never more than [`MAX_CACHED`]; a reload builds a new table with an empty cache.
 //! - Argon2 checks run on tokio's blocking pool ([`Users::verify_async`]), at most one per
-//!   core at a time, so they neither stall the sessions sharing a worker thread nor use
-//!   unbounded memory under a flood of wrong passwords.
+//!   core at a time and within [`ARGON2_MEMORY_BUDGET_KIB`] together, so they neither stall
+//!   the sessions sharing a worker thread nor take more than that memory under a flood of
+//!   wrong passwords, whatever the number of cores.
 //! - An unknown user name is checked against another user's hash, so the time taken does not
 //!   tell which names exist.
 
@@ -79,9 +80,13 @@ pub enum Credential {
 }
 
 /// The most memory an accepted Argon2 hash may ask for per check: 256 MiB (the default
-/// hash of `ferrosocks passwd` takes 19 MiB). Up to one check per core runs at once, and
-/// any client can start them, so the machine may need this much per core.
+/// hash of `ferrosocks passwd` takes 19 MiB).
 pub const MAX_ARGON2_MEMORY_KIB: u32 = 1 << 18;
+/// The most memory all Argon2 checks running at once may take: 512 MiB, two checks of the
+/// largest hash accepted or 26 of `ferrosocks passwd`'s. Any client can start checks (an
+/// unknown name is checked against a user's hash too), and up to one per core runs at
+/// once: without this, a flood of logins on a machine of 64 cores could take 16 GiB.
+pub const ARGON2_MEMORY_BUDGET_KIB: u32 = 2 * MAX_ARGON2_MEMORY_KIB;
 /// The most work (memory in KiB × passes) an accepted hash may ask for per check: about
 /// two seconds of one core, fifty times the default's.
 pub const MAX_ARGON2_WORK: u64 = 1 << 21;
@@ -141,20 +146,35 @@ pub struct VerifiedCache {
     entries: Mutex<HashMap<Vec<u8>, [u8; 32]>>,
     /// Argon2 checks run so far, for tests and diagnostics.
     argon2_checks: AtomicU64,
-    /// Bounds concurrent Argon2 checks (CPU and memory) in [`Users::verify_async`].
+    /// Bounds concurrent Argon2 checks (CPU) in [`Users::verify_async`]: one per core.
     permits: Arc<Semaphore>,
+    /// Bounds their memory: one permit per KiB a running check's hash asks for, out of
+    /// `memory_budget_kib`.
+    memory_kib: Arc<Semaphore>,
+    memory_budget_kib: u32,
+    /// Checks running now, and the most that ran at once (tests and diagnostics).
+    running: AtomicU64,
+    most_running: AtomicU64,
 }
 
 impl VerifiedCache {
     fn new() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_limits(cores, ARGON2_MEMORY_BUDGET_KIB)
+    }
+
+    fn with_limits(checks: usize, memory_kib: u32) -> Self {
         let mut key = [0u8; 32];
         OsRng.fill_bytes(&mut key);
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             key,
             entries: Mutex::new(HashMap::new()),
             argon2_checks: AtomicU64::new(0),
-            permits: Arc::new(Semaphore::new(cores)),
+            permits: Arc::new(Semaphore::new(checks)),
+            memory_kib: Arc::new(Semaphore::new(memory_kib as usize)),
+            memory_budget_kib: memory_kib,
+            running: AtomicU64::new(0),
+            most_running: AtomicU64::new(0),
         }
     }
 
@@ -229,11 +249,22 @@ struct Argon2Check {
 
 impl Argon2Check {
     /// The slow part: runs Argon2 and, on success for a known user, fills the cache.
+    /// The memory the check will take, in KiB (the hash's `m`; accepted hashes are
+    /// checked at load to ask for at most [`MAX_ARGON2_MEMORY_KIB`]).
+    fn memory_kib(&self) -> u32 {
+        argon2::Params::try_from(&self.hash.password_hash())
+            .map_or(MAX_ARGON2_MEMORY_KIB, |p| p.m_cost())
+            .min(MAX_ARGON2_MEMORY_KIB)
+    }
+
     fn run(self) -> bool {
         self.cache.argon2_checks.fetch_add(1, Ordering::Relaxed);
+        let now = self.cache.running.fetch_add(1, Ordering::Relaxed) + 1;
+        self.cache.most_running.fetch_max(now, Ordering::Relaxed);
         let ok = Argon2::default()
             .verify_password(self.password.expose(), &self.hash.password_hash())
             .is_ok();
+        self.cache.running.fetch_sub(1, Ordering::Relaxed);
         match self.remember {
             Some((user, keyed)) if ok => {
                 self.cache.remember(&user, keyed);
@@ -365,7 +396,8 @@ impl Users {
 
     /// [`Users::verify`] for async callers: plain passwords and remembered hashed ones are
     /// checked at once; an Argon2 check runs on the blocking pool, at most one per core at
-    /// a time.
+    /// a time, and only while all running checks' memory stays within
+    /// [`ARGON2_MEMORY_BUDGET_KIB`].
     pub async fn verify_async(&self, request: &UserPassRequest) -> bool {
         match self.check(request) {
             Check::Done(verdict) => verdict,
@@ -373,7 +405,20 @@ impl Users {
             // stays small on the common path.
             Check::Argon2(job) => {
                 Box::pin(async move {
+                    // Always in this order (core, then memory), so no two checks wait for
+                    // each other.
                     let Ok(_permit) = job.cache.permits.clone().acquire_owned().await else {
+                        return false;
+                    };
+                    // A check larger than the whole budget runs alone rather than never.
+                    let memory = job.memory_kib().min(job.cache.memory_budget_kib);
+                    let Ok(_memory) = job
+                        .cache
+                        .memory_kib
+                        .clone()
+                        .acquire_many_owned(memory)
+                        .await
+                    else {
                         return false;
                     };
                     tokio::task::spawn_blocking(move || job.run())
@@ -534,8 +579,13 @@ mod tests {
 
     /// A real Argon2id hash with tiny parameters, so tests stay fast.
     fn cheap_hash(password: &str) -> String {
+        hash_with(password, 1)
+    }
+
+    /// A 64 KiB Argon2id hash of `passes` passes.
+    fn hash_with(password: &str, passes: u32) -> String {
         use argon2::password_hash::{PasswordHasher, SaltString};
-        let params = argon2::Params::new(64, 1, 1, None).unwrap();
+        let params = argon2::Params::new(64, passes, 1, None).unwrap();
         let argon = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         argon
             .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
@@ -644,6 +694,32 @@ mod tests {
         assert!(users.verify_async(&req("alice", "wonder land")).await);
         assert!(!users.verify_async(&req("alice", "nope")).await);
         assert_eq!(users.argon2_checks(), before + 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn argon2_checks_at_once_stay_within_the_memory_budget() {
+        // A hash of 64 KiB and a budget of 128: two checks at once, though eight cores'
+        // worth of check permits would let eight run. Forty passes make each check long
+        // enough for the others to pile up behind it.
+        let mut users =
+            Users::parse_file_contents(&format!("alice:{}\n", hash_with("pw", 40))).unwrap();
+        users.verified = Arc::new(VerifiedCache::with_limits(8, 128));
+        let mut tasks = Vec::new();
+        for n in 0..32 {
+            let users = users.clone();
+            // Wrong passwords: nothing is remembered, so every login runs Argon2.
+            tasks.push(tokio::spawn(async move {
+                users
+                    .verify_async(&req("alice", &format!("wrong {n}")))
+                    .await
+            }));
+        }
+        for t in tasks {
+            assert!(!t.await.unwrap());
+        }
+        assert_eq!(users.argon2_checks(), 32);
+        let most = users.verified.most_running.load(Ordering::Relaxed);
+        assert!((1..=2).contains(&most), "{most} checks ran at once");
     }
 
     #[test]
