@@ -1,7 +1,7 @@
 //! Socket options every tunnel socket gets: `TCP_NODELAY`, and on loopback connections a
 //! congestion control that does not pace and a small limit on unsent data. On Linux a
 //! listener gets them before it listens and accepted sockets inherit them
-//! ([`Inherited`]); outgoing sockets get them one by one.
+//! (`Inherited`); outgoing sockets get them one by one.
 //!
 //! Why loopback gets its own congestion control: many Linux hosts make BBR the default
 //! (`net.ipv4.tcp_congestion_control = bbr`). BBR paces every socket, and without the
