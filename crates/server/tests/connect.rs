@@ -550,8 +550,6 @@ fn segments_without_data_sent(filter: &str) -> u64 {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_last_bytes_and_the_end_leave_in_one_segment() {
-    use ferrosocks_server::relay::{relay, PipePool};
-
     for mode in [RelayMode::Splice, RelayMode::Copy] {
         // The relay's end of both connections is the connecting one, so before any data
         // it has sent exactly its SYN and the handshake's ACK, and the client sends it
@@ -569,16 +567,8 @@ async fn the_last_bytes_and_the_end_leave_in_one_segment() {
         // The bytes and the FIN are both waiting when the relay first reads.
         target.write_all(b"the last bytes").await.unwrap();
         target.shutdown().await.unwrap();
-        let pipes = PipePool::new();
-        let tunnel = relay(
-            &relay_client_side,
-            &relay_target_side,
-            Duration::from_secs(10),
-            mode,
-            Duration::ZERO,
-            &pipes,
-            std::future::pending(),
-        );
+        let tunnel =
+            ferrosocks_testkit::relay_until_closed(&relay_client_side, &relay_target_side, mode);
         let client_side = async {
             let mut got = Vec::new();
             client.read_to_end(&mut got).await.unwrap();

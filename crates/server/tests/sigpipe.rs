@@ -14,23 +14,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn last_bytes_to_a_client_gone_raise_no_sigpipe() {
-    use ferrosocks_server::relay::{relay, PipePool, RelayEnd};
+    use ferrosocks_server::relay::RelayEnd;
     use tokio::signal::unix::{signal, SignalKind};
 
     let mut sigpipe = signal(SignalKind::pipe()).unwrap();
     for mode in [RelayMode::Splice, RelayMode::Copy] {
         let (relay_client_side, mut client) = ferrosocks_testkit::tcp_pair().await;
         let (relay_target_side, mut target) = ferrosocks_testkit::tcp_pair().await;
-        let pipes = PipePool::new();
-        let tunnel = relay(
-            &relay_client_side,
-            &relay_target_side,
-            Duration::from_secs(10),
-            mode,
-            Duration::ZERO,
-            &pipes,
-            std::future::pending(),
-        );
+        let tunnel =
+            ferrosocks_testkit::relay_until_closed(&relay_client_side, &relay_target_side, mode);
         let peers = async {
             // The client half-closes; once the target has seen that end, the client
             // resets, and only then does the target answer and close.

@@ -119,6 +119,26 @@ pub async fn tcp_pair() -> (TcpStream, TcpStream) {
     (connecting, accepted)
 }
 
+/// The server's relay between two sockets, as a tunnel runs it but with busy-polling off,
+/// a 10 s idle timeout and no shutdown: until both directions end or one fails.
+pub async fn relay_until_closed(
+    client: &TcpStream,
+    target: &TcpStream,
+    mode: ferrosocks_server::RelayMode,
+) -> ferrosocks_server::relay::RelayStats {
+    let pipes = ferrosocks_server::relay::PipePool::new();
+    ferrosocks_server::relay::relay(
+        client,
+        target,
+        Duration::from_secs(10),
+        mode,
+        Duration::ZERO,
+        &pipes,
+        std::future::pending(),
+    )
+    .await
+}
+
 /// A TCP echo server on `addr` (use port 0); returns its address.
 pub async fn tcp_echo(addr: &str) -> SocketAddr {
     let listener = TcpListener::bind(addr).await.expect("echo binds");
